@@ -1,0 +1,300 @@
+"""The ``hpo`` command line: thin commands that parse, call the library, and print.
+
+Heavy modules (torch, optuna, mlflow, pandas) are imported inside the commands that need them so
+that ``hpo --help`` answers at once. Any :class:`~hpo.errors.HpoError` is printed as one line on
+stderr with exit code 2 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hpo import __version__
+from hpo.errors import HpoError
+
+if TYPE_CHECKING:
+    import optuna
+
+STORAGE_HELP = (
+    "Optuna storage URL (default: $HPO_STORAGE, the file's 'storage:', or sqlite:///hpo.db)."
+)
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, the file's 'tracking_uri:', or sqlite:///mlflow.db)."
+
+
+def _quiet_libraries() -> None:
+    # Keep the terminal for our own output: MLflow's "View run" lines and git probe warnings, and
+    # library deprecation chatter, tell the user nothing actionable.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+    warnings.filterwarnings("ignore", message=".*ExperimentalWarning.*")
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+class HpoGroup(click.Group):
+    """A group that renders user errors as one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HpoError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(
+                "interrupted: finished trials are saved; run the same command to resume", err=True
+            )
+            sys.exit(130)
+
+
+@click.group(cls=HpoGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(__version__, prog_name="hpo")
+def main(debug: bool) -> None:
+    """Hyperparameter optimization for PyTorch classifiers: a YAML study file in, a tuned,
+    logged, comparable model out."""
+    if not debug:
+        _quiet_libraries()
+
+
+# -- study -------------------------------------------------------------------------------------
+@main.group(cls=HpoGroup)
+def study() -> None:
+    """Run and inspect studies."""
+
+
+def _tracking_uri(cli: str | None, spec_value: str | None) -> str:
+    from hpo.tracking.runs import default_tracking_uri
+
+    return cli or os.environ.get("MLFLOW_TRACKING_URI") or spec_value or default_tracking_uri()
+
+
+@study.command("start")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=1),
+    help="Run this many more trials (default: what is left of the file's 'trials').",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop starting trials after this many seconds.",
+)
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--study-name", help="Use this study name instead of the file's 'name'.")
+@click.option("--force", is_flag=True, help="Continue a study whose spec has changed.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display (for logs and CI).")
+def study_start(
+    file: Path,
+    n_trials: int | None,
+    timeout: float | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    study_name: str | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Run (or resume) the study that FILE describes."""
+    from hpo.spec import load_spec
+    from hpo.storage import resolve_storage_url
+    from hpo.study import run_study
+
+    spec = load_spec(file)
+    if study_name:
+        spec = spec.model_copy(update={"name": study_name})
+    storage_url = resolve_storage_url(storage, spec.storage)
+    uri = _tracking_uri(tracking_uri, spec.tracking_uri)
+    from hpo.progress import StudyProgress
+
+    with StudyProgress(spec, enabled=not quiet) as progress:
+        result = run_study(
+            spec,
+            source=str(file),
+            storage_url=storage_url,
+            tracking_uri=uri,
+            n_trials=n_trials,
+            timeout=timeout,
+            force=force,
+            callbacks=[progress.on_trial],
+            on_start=progress.start,
+        )
+    from hpo.report import print_result
+
+    print_result(result, spec, storage_url)
+
+
+def _storage(storage: str | None) -> str:
+    from hpo.storage import resolve_storage_url
+
+    return resolve_storage_url(storage)
+
+
+@study.command("list")
+@click.option("--storage", help=STORAGE_HELP)
+def study_list(storage: str | None) -> None:
+    """List the studies in the storage."""
+    from hpo.report import print_study_list
+    from hpo.study import list_studies
+
+    url = _storage(storage)
+    print_study_list(list_studies(url), url)
+
+
+@study.command("show")
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option(
+    "--limit", type=int, default=50, show_default=True, help="Show the last N trials (0: all)."
+)
+def study_show(name: str, storage: str | None, limit: int) -> None:
+    """Show a study's trials as a table."""
+    from hpo.report import print_trials
+    from hpo.study import load_study
+
+    print_trials(load_study(name, _storage(storage)), limit)
+
+
+@study.command("best")
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def study_best(name: str, storage: str | None, as_json: bool) -> None:
+    """Show the best trial (the Pareto front for multi-objective studies)."""
+    from hpo.report import best_payload, print_best
+    from hpo.study import load_study
+
+    st = load_study(name, _storage(storage))
+    if as_json:
+        click.echo(json.dumps(best_payload(st), indent=2, default=str))
+    else:
+        print_best(st)
+
+
+@study.command("export")
+@click.argument("name")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="CSV file to write."
+)
+@click.option("--storage", help=STORAGE_HELP)
+def study_export(name: str, output: Path, storage: str | None) -> None:
+    """Export a study's trials to CSV."""
+    from hpo.study import load_study, trials_frame
+
+    frame = trials_frame(load_study(name, _storage(storage)))
+    try:
+        frame.to_csv(output, index=False)
+    except OSError as exc:
+        raise HpoError(f"--output: cannot write '{output}': {exc.strerror}") from None
+    click.echo(f"wrote {len(frame)} trials to {output}")
+
+
+@study.command("delete")
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def study_delete(name: str, storage: str | None, yes: bool) -> None:
+    """Delete a study and its trials from the storage (MLflow runs are kept)."""
+    from hpo.study import delete_study, load_study
+
+    url = _storage(storage)
+    st: optuna.Study = load_study(name, url)
+    if not yes:
+        click.confirm(f"Delete study '{name}' and its {len(st.trials)} trials?", abort=True)
+    delete_study(name, url)
+    click.echo(f"deleted study '{name}'")
+
+
+# -- spec --------------------------------------------------------------------------------------
+@main.group(cls=HpoGroup)
+def spec() -> None:
+    """Check study files."""
+
+
+@spec.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+def spec_validate(files: tuple[Path, ...]) -> None:
+    """Check one or more study files; exit 2 at the first invalid one."""
+    from hpo.spec import load_spec
+
+    for file in files:
+        s = load_spec(file)
+        searched = ", ".join(s.search) or "nothing"
+        click.echo(f"{file}: ok — study '{s.name}', {s.trials} trials, searching {searched}")
+
+
+@spec.command("schema")
+def spec_schema() -> None:
+    """Print the JSON Schema of a study file (for editor completion)."""
+    from hpo.spec import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+# -- listings ----------------------------------------------------------------------------------
+@main.group(cls=HpoGroup)
+def models() -> None:
+    """Model families."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List model families and their hyperparameters."""
+    from hpo.report import print_models
+
+    print_models()
+
+
+@main.group(cls=HpoGroup)
+def datasets() -> None:
+    """Data sources."""
+
+
+@datasets.command("list")
+def datasets_list() -> None:
+    """List data sources and their options."""
+    from hpo.report import print_datasets
+
+    print_datasets()
+
+
+# -- ui ----------------------------------------------------------------------------------------
+@main.command("ui")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(tracking_uri: str | None, host: str, port: int) -> None:
+    """Serve the MLflow UI on the study store."""
+    from hpo.tracking.runs import default_tracking_uri
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        raise HpoError(f"--tracking-uri: {uri} is already a tracking server: open it in a browser")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        "--host", host, "--port", str(port),
+        # One worker answers each call in ~10 ms; the default four take ~50 ms (design.md).
+        "--workers", "1",
+    ]  # fmt: skip
+    click.echo(f"MLflow UI on http://{host}:{port} (store: {uri}); Ctrl-C stops it")
+    os.execvpe(cmd[0], cmd, env)

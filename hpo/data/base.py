@@ -1,0 +1,78 @@
+"""The data contract: every source turns its options into a split, scaled :class:`Dataset`.
+
+A source is a class registered in :data:`SOURCES` with a pydantic ``Options`` model (its own fields,
+``extra="forbid"``) and a ``load(options, split) -> Dataset`` method. The study file's ``data`` block
+is ``source`` + the split fields of :class:`SplitOptions` + the source's own fields.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hpo.registry import Registry
+
+
+class SplitOptions(BaseModel):
+    """How every source splits its rows: stratified, seeded train / validation / optional test."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A classification data set, split and preprocessed, ready for training.
+
+    Features are float32 arrays of shape ``(n, *input_shape)``; labels are int64 in
+    ``[0, n_classes)``. Preprocessing (scaling, encoding) was fitted on the training split only.
+    """
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    classes: list[str]
+    X_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    feature_names: list[str] | None = None
+    #: A fitted scikit-learn transformer that maps raw input rows to model features (CSV sources),
+    #: kept so a served model can take raw rows. ``None`` when features need no transformation.
+    preprocessor: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.X_train.shape[1:])
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+
+class DataSource(ABC):
+    """A kind of data (``synthetic``, ``sklearn``, ``csv`` …)."""
+
+    #: The source's own options (fields beside ``source`` and the split fields).
+    Options: ClassVar[type[BaseModel]]
+    #: One line for ``hpo datasets list``.
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def load(self, options: BaseModel, split: SplitOptions) -> Dataset:
+        """Load, split and preprocess. Raise :class:`hpo.errors.DataError` for unusable data."""
+
+
+SOURCES: Registry[type[DataSource]] = Registry("data source")

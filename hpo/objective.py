@@ -1,0 +1,193 @@
+"""One trial: suggest → build the model → train (pure torch) → evaluate → log to the trial's run.
+
+The training loop knows nothing of Optuna or MLflow; this module connects them through two
+callbacks: pruning (``trial.report`` / ``should_prune`` per epoch) and tracking (per-epoch metrics).
+The MLflow run's status mirrors the trial's: COMPLETE → FINISHED, PRUNED → KILLED, FAIL → FAILED.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from hpo.models import FAMILIES
+from hpo.models.base import count_parameters
+from hpo.space import suggest, suggestion_order
+from hpo.spec import FAMILY_PARAM, StudySpec
+from hpo.training.callbacks import Callback
+from hpo.training.config import TrainParams
+from hpo.training.loop import TrainingDiverged, predict_proba, seed_everything, train
+from hpo.training.metrics import classification_metrics
+
+if TYPE_CHECKING:
+    import torch
+
+    from hpo.data.base import Dataset
+    from hpo.tracking.runs import StudyTracker, TrialRun
+
+#: Per-epoch metrics the loop reports; others are only known after evaluation.
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+#: Trial user attribute holding the MLflow run id of the trial.
+RUN_ID_ATTR = "mlflow_run_id"
+
+
+def split_params(family: str, values: Mapping[str, Any]) -> tuple[TrainParams, Any]:
+    """Split a trial's values into training and family hyperparameters, with defaults filled in.
+
+    Values that belong to neither (a knob of another family in a family-searching study) are
+    ignored here; they are still logged with the trial.
+    """
+    params_model = FAMILIES.get(family).Params
+    train_values = {k: v for k, v in values.items() if k in TrainParams.model_fields}
+    family_values = {k: v for k, v in values.items() if k in params_model.model_fields}
+    return TrainParams(**train_values), params_model(**family_values)
+
+
+class _PruningCallback(Callback):
+    """Reports the epoch's objective proxy to Optuna and raises ``TrialPruned`` when told."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial = trial
+        self.metric = metric
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        value = metrics[self.metric]
+        if math.isfinite(value):
+            self.trial.report(value, step=epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.metric}={value:.4g})")
+
+
+class _TrackingCallback(Callback):
+    def __init__(self, run: TrialRun) -> None:
+        self.run = run
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.run.log_epoch(epoch, metrics)
+
+
+class Objective:
+    """The callable Optuna optimises: one instance per process, reused by every trial."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        data: Dataset,
+        device: torch.device,
+        tracker: StudyTracker,
+    ) -> None:
+        self.spec = spec
+        self.data = data
+        self.device = device
+        self.tracker = tracker
+        self.metrics = spec.objective_metrics
+        self.order = suggestion_order(spec.search)
+        self.prune_metric = self._prune_metric()
+
+    def _prune_metric(self) -> str | None:
+        """The per-epoch value reported for pruning (single-objective studies only)."""
+        if self.spec.multi_objective or self.spec.pruner_spec.name == "none":
+            return None
+        metric = self.metrics[0]
+        if metric in EPOCH_METRICS:
+            return metric
+        # A metric only known after evaluation (F1, AUC …): prune on the validation metric that
+        # moves the same way.
+        direction = self.spec.objective_directions[0]
+        return "val_accuracy" if direction == "maximize" else "val_loss"
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        spec = self.spec
+        values = suggest(trial, spec.search, spec.fixed, self.order)
+        family = str(values.get(FAMILY_PARAM, spec.model.family))
+        train_params, family_params = split_params(family, values)
+        logged = {
+            FAMILY_PARAM: family,
+            **train_params.model_dump(),
+            **family_params.model_dump(),
+            **values,
+            "epochs": spec.train.epochs,
+            "seed": spec.train.seed,
+        }
+        run = self.tracker.start_trial(
+            trial.number,
+            logged,
+            tags={"hpo.device": str(self.device), "hpo.family": family},
+        )
+        trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+        try:
+            return self._train_and_log(trial, run, family, train_params, family_params)
+        except TrainingDiverged as exc:
+            # A diverging learning rate is a property of the point in the search space, not a
+            # crash: prune it with the reason and let the study go on.
+            reason = str(exc)
+            trial.set_user_attr("pruned_reason", reason)
+            run.end("PRUNED", reason)
+            raise optuna.TrialPruned(reason) from None
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("pruned_reason", str(exc) or "pruned")
+            run.end("PRUNED")
+            raise
+        except BaseException as exc:  # also Ctrl-C: never leave the run RUNNING
+            error = (
+                "interrupted"
+                if isinstance(exc, KeyboardInterrupt)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            trial.set_user_attr("error", error[:2000])
+            run.end("FAIL", error)
+            raise
+
+    def _train_and_log(
+        self,
+        trial: optuna.Trial,
+        run: TrialRun,
+        family: str,
+        train_params: TrainParams,
+        family_params: Any,
+    ) -> float | list[float]:
+        spec, data = self.spec, self.data
+        seed_everything(spec.train.seed)
+        model = FAMILIES.get(family)().build(family_params, data.input_shape, data.n_classes)
+        callbacks: list[Callback] = [_TrackingCallback(run)]
+        if self.prune_metric is not None:
+            callbacks.append(_PruningCallback(trial, self.prune_metric))
+        result = train(
+            model,
+            data,
+            train_params,
+            epochs=spec.train.epochs,
+            device=self.device,
+            seed=spec.train.seed,
+            callbacks=callbacks,
+        )
+        proba = predict_proba(model, data.X_val, self.device)
+        final = {
+            f"val_{k}": v
+            for k, v in classification_metrics(data.y_val, proba, data.n_classes).items()
+        }
+        final["n_params"] = float(count_parameters(model))
+        final["train_seconds"] = result.train_seconds
+        final["samples_per_second"] = result.samples_per_second
+        final.update(_learned_activations(model))
+        run.log_final(final)
+        for key in ("val_accuracy", "val_f1", "val_loss", "val_roc_auc", "n_params"):
+            trial.set_user_attr(key, final[key])
+        run.log_plots(data.y_val, proba, data.classes, result.history)
+        model_uri = run.log_model(model.cpu(), data.X_train[:5])
+        trial.set_user_attr("model_uri", model_uri)
+        values = [final[m] for m in self.metrics]
+        bad = [m for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"objective {bad[0]} is not a finite number ({final[bad[0]]})")
+        run.end("COMPLETE")
+        return values[0] if len(values) == 1 else values
+
+
+def _learned_activations(model: torch.nn.Module) -> dict[str, float]:
+    from hpo.models.activations import learned_activation_params
+
+    return learned_activation_params(model)

@@ -1,0 +1,190 @@
+"""What the CLI prints: study results, trial tables, listings of families and data sources."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hpo.storage import mask_url
+
+if TYPE_CHECKING:
+    import optuna
+
+    from hpo.spec import StudySpec
+    from hpo.study import StudyResult, StudySummary
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None:
+    """The end of ``hpo study start``: what ran, the best trial, and where to look."""
+    from hpo.study import best_trials, finished_count
+
+    study = result.study
+    console.print(
+        f"study '{study.study_name}': {result.ran} trials run now, "
+        f"{finished_count(study)} in total (budget {spec.trials}) in {mask_url(storage_url)}"
+    )
+    if result.stopped_reason:
+        console.print(f"[yellow]{result.stopped_reason}[/yellow]")
+    best = best_trials(study)
+    if not best:
+        console.print("no trial has completed yet")
+    else:
+        print_best(study)
+    if result.test_metrics:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.test_metrics.items()))
+        console.print(f"held-out test split (best trial): {shown}")
+    uri = result.tracking_uri
+    where = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    if uri.startswith(("http://", "https://")):
+        console.print(f"MLflow: {uri.rstrip('/')}/{where}")
+    else:
+        console.print(f"browse it: hpo ui   then open http://127.0.0.1:5000/{where}")
+
+
+def best_payload(study: optuna.Study) -> dict[str, Any]:
+    """The best trial(s) as plain data (for ``--json``)."""
+    from hpo.study import best_trials
+
+    def one(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return {
+            "number": t.number,
+            "values": t.values,
+            "value": t.values[0] if t.values and len(t.values) == 1 else None,
+            "params": t.params,
+            "metrics": {
+                k: v for k, v in t.user_attrs.items() if k.startswith(("val_", "n_params"))
+            },
+            "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+            "model_uri": t.user_attrs.get("model_uri"),
+        }
+
+    trials = best_trials(study)
+    payload: dict[str, Any] = {
+        "study": study.study_name,
+        "directions": [d.name.lower() for d in study.directions],
+        "n_trials": len(study.trials),
+    }
+    if len(study.directions) > 1:
+        payload["pareto_front"] = [one(t) for t in trials]
+    else:
+        payload["best_trial"] = one(trials[0]) if trials else None
+    return payload
+
+
+def print_best(study: optuna.Study) -> None:
+    """The best trial's value, parameters and run id (Pareto front if multi-objective)."""
+    from hpo.study import best_trials
+
+    trials = best_trials(study)
+    if not trials:
+        console.print(f"study '{study.study_name}' has no completed trial yet")
+        return
+    title = "Pareto front" if len(study.directions) > 1 else "best trial"
+    table = Table(title=f"{study.study_name}: {title}", title_justify="left")
+    table.add_column("trial", justify="right")
+    table.add_column("value", justify="right")
+    params = sorted({p for t in trials for p in t.params})
+    for p in params:
+        table.add_column(p)
+    table.add_column("mlflow run")
+    for t in trials:
+        table.add_row(
+            str(t.number),
+            _fmt(t.values if len(study.directions) > 1 else t.value),
+            *[_fmt(t.params.get(p)) for p in params],
+            str(t.user_attrs.get("mlflow_run_id", "")),
+        )
+    console.print(table)
+
+
+def print_trials(study: optuna.Study, limit: int = 50) -> None:
+    """A table of the study's trials (the last ``limit``, 0 for all)."""
+    trials = study.get_trials(deepcopy=False)
+    shown = trials[-limit:] if limit else trials
+    params = sorted({p for t in shown for p in t.params})
+    table = Table(title=f"{study.study_name}: {len(trials)} trials", title_justify="left")
+    for col in ("#", "state", "value", *params, "seconds"):
+        table.add_column(col, justify="right" if col in ("#", "value", "seconds") else "left")
+    for t in shown:
+        seconds = t.duration.total_seconds() if t.duration else None
+        table.add_row(
+            str(t.number),
+            t.state.name.lower(),
+            _fmt(t.values if t.values and len(t.values) > 1 else t.value),
+            *[_fmt(t.params.get(p)) for p in params],
+            _fmt(seconds),
+        )
+    console.print(table)
+    if limit and len(trials) > limit:
+        console.print(f"(showing the last {limit}; --limit 0 shows all)")
+
+
+def print_study_list(studies: list[StudySummary], storage_url: str) -> None:
+    """``hpo study list``."""
+    if not studies:
+        console.print(f"no studies in {mask_url(storage_url)}")
+        return
+    table = Table(title=f"studies in {mask_url(storage_url)}", title_justify="left")
+    for col in ("name", "trials", "direction", "best", "created"):
+        table.add_column(col)
+    for s in studies:
+        table.add_row(
+            s.name, str(s.n_trials), ", ".join(s.directions), _fmt(s.best_value), s.created
+        )
+    console.print(table)
+
+
+def _fields_text(model: Any) -> str:
+    parts = []
+    for name, info in model.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        parts.append(f"{name}={default!r}" if default is not None else name)
+    return ", ".join(parts)
+
+
+def print_models() -> None:
+    """``hpo models list``: each family with its hyperparameters and defaults."""
+    from hpo.models import FAMILIES
+    from hpo.training.config import TrainParams
+
+    table = Table(title="model families", title_justify="left")
+    table.add_column("family")
+    table.add_column("description")
+    table.add_column("hyperparameters (default)")
+    for name in FAMILIES.names():
+        fam = FAMILIES.get(name)
+        table.add_row(name, fam.description, _fields_text(fam.Params))
+    table.add_row("(every family)", "training", _fields_text(TrainParams))
+    console.print(table)
+
+
+def print_datasets() -> None:
+    """``hpo datasets list``: each data source with its options."""
+    from hpo.data import SOURCES
+
+    table = Table(title="data sources", title_justify="left")
+    table.add_column("source")
+    table.add_column("description")
+    table.add_column("options (default)")
+    for name in SOURCES.names():
+        src = SOURCES.get(name)
+        table.add_row(name, src.description, _fields_text(src.Options))
+    table.add_row("(every source)", "split", "val_fraction=0.25, test_fraction=0.0, seed=0")
+    console.print(table)

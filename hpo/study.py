@@ -1,0 +1,436 @@
+"""Create, load, run and inspect studies.
+
+Everything that can fail because of the user's input (data, device, storage, tracking server) is
+checked *before* the study or any run is created, so a mistake never leaves half a study behind.
+The spec's identity hash and the parent MLflow run id live in the study's user attributes: every
+process that runs the study nests its trial runs under that one parent, and a study file whose
+search space or data changed is refused instead of silently mixing incomparable trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpo.errors import SpecError, StorageError
+from hpo.registry import did_you_mean
+from hpo.spec import StudySpec, diff_identity, spec_base_dir
+from hpo.storage import mask_url, open_storage
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+    from hpo.data.base import Dataset
+
+SPEC_HASH_ATTR = "hpo.spec_hash"
+SPEC_ATTR = "hpo.spec"
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+TRACKING_URI_ATTR = "mlflow_tracking_uri"
+#: A study stops after this many trials in a row fail (not pruned): something is systematically
+#: wrong, and burning the remaining budget on it helps no one.
+MAX_CONSECUTIVE_FAILURES = 3
+
+TrialCallback = Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None]
+
+
+@dataclass
+class StudyResult:
+    """What :func:`run_study` did."""
+
+    study: optuna.Study
+    ran: int
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    stopped_reason: str | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
+# -- samplers and pruners ----------------------------------------------------------------------
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler the spec names, seeded."""
+    import optuna.samplers as s
+
+    from hpo.space import grid_search_space
+
+    cfg = spec.sampler
+    startup = {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}
+    if cfg.name == "tpe":
+        # multivariate TPE models interactions (lr × batch size); constant_liar keeps parallel
+        # workers from proposing the same point.
+        return s.TPESampler(seed=cfg.seed, multivariate=True, constant_liar=True, **startup)
+    if cfg.name == "random":
+        return s.RandomSampler(seed=cfg.seed)
+    if cfg.name == "grid":
+        return s.GridSampler(grid_search_space(spec.search), seed=cfg.seed)
+    if cfg.name == "cmaes":
+        return s.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False, **startup)
+    if cfg.name == "gp":
+        return s.GPSampler(seed=cfg.seed, warn_independent_sampling=False, **startup)
+    pop = {} if cfg.population_size is None else {"population_size": cfg.population_size}
+    return s.NSGAIISampler(seed=cfg.seed, **pop)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The Optuna pruner the spec names; epochs are its steps."""
+    import optuna.pruners as p
+
+    cfg = spec.pruner_spec
+    if cfg.name == "median":
+        return p.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs)
+    if cfg.name == "successive_halving":
+        return p.SuccessiveHalvingPruner(
+            min_resource=cfg.min_epochs, reduction_factor=cfg.reduction_factor
+        )
+    if cfg.name == "hyperband":
+        return p.HyperbandPruner(
+            min_resource=cfg.min_epochs,
+            max_resource=spec.train.epochs,
+            reduction_factor=cfg.reduction_factor,
+        )
+    return p.NopPruner()
+
+
+# -- opening studies ---------------------------------------------------------------------------
+def _quiet_optuna() -> None:
+    import optuna
+
+    # Our progress display replaces Optuna's per-trial INFO lines.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def load_study(name: str, storage_url: str) -> optuna.Study:
+    """Load an existing study by name; an unknown name lists the known ones."""
+    import optuna
+
+    _quiet_optuna()
+    storage = open_storage(storage_url)
+    names = [
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    ]
+    if name not in names:
+        hint = did_you_mean(name, names)
+        known = ", ".join(sorted(names)) or "none"
+        raise StorageError(
+            f"study '{name}' not found in {mask_url(storage_url)}{hint}; known studies: {known}"
+        )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def open_study(
+    spec: StudySpec, storage_url: str, *, source: str, force: bool = False
+) -> optuna.Study:
+    """Create the study, or load it and check that the spec has not drifted."""
+    import optuna
+
+    _quiet_optuna()
+    storage = open_storage(storage_url)
+    study = optuna.create_study(
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        study_name=spec.name,
+        directions=spec.objective_directions,
+        load_if_exists=True,
+    )
+    identity = spec.identity()
+    attrs = study.user_attrs
+    if SPEC_HASH_ATTR not in attrs:
+        study.set_user_attr(SPEC_HASH_ATTR, spec.identity_hash())
+        study.set_user_attr(SPEC_ATTR, identity)
+        for params in spec.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
+    elif attrs[SPEC_HASH_ATTR] != spec.identity_hash():
+        changes = diff_identity(attrs.get(SPEC_ATTR, {}), identity)
+        if not force:
+            shown = "; ".join(changes[:5]) + (
+                f"; and {len(changes) - 5} more" if len(changes) > 5 else ""
+            )
+            raise SpecError(
+                f"{source}: study '{spec.name}' in {mask_url(storage_url)} was created from a "
+                f"different spec ({shown}); its trials would not be comparable. Use a new 'name', "
+                "or --force to continue anyway"
+            )
+        study.set_user_attr(SPEC_HASH_ATTR, spec.identity_hash())
+        study.set_user_attr(SPEC_ATTR, identity)
+    if [d.name.lower() for d in study.directions] != spec.objective_directions:
+        raise SpecError(
+            f"{source}: study '{spec.name}' optimises {[d.name.lower() for d in study.directions]}, "
+            f"the file says {spec.objective_directions}"
+        )
+    return study
+
+
+def finished_count(study: optuna.Study) -> int:
+    """Trials that count against the budget: complete, pruned or failed."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+# -- running -----------------------------------------------------------------------------------
+def prepare_data(spec: StudySpec, source: str) -> Dataset:
+    """Load the study's data (cached per process) and check the spec against it."""
+    from hpo.data import load_dataset_cached
+    from hpo.data.base import SplitOptions
+
+    data = load_dataset_cached(
+        spec.data.source,
+        spec.data.options,
+        SplitOptions(**spec.data.split_dict()),
+        base_dir=spec_base_dir(spec),
+    )
+    n_train = len(data.y_train)
+    sizes: list[tuple[str, Any]] = []
+    if "batch_size" in spec.fixed:
+        sizes.append(("fixed.batch_size", spec.fixed["batch_size"]))
+    if "batch_size" in spec.search:
+        param = spec.search["batch_size"]
+        for i, value in enumerate(param.bounds()):
+            where = f"choices.{i}" if param.type == "categorical" else ("low", "high")[i]
+            sizes.append((f"search.batch_size.{where}", value))
+    for where, value in sizes:
+        if isinstance(value, int) and value > n_train:
+            raise SpecError(
+                f"{source}: {where}: batch size {value} is larger than the training split "
+                f"({n_train} rows); use at most {n_train} or 'full'"
+            )
+    return data
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    source: str,
+    storage_url: str,
+    tracking_uri: str,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    force: bool = False,
+    callbacks: Sequence[TrialCallback] = (),
+    on_start: Callable[[optuna.Study, int], None] | None = None,
+) -> StudyResult:
+    """Run (or resume) the study until its budget is met, ``n_trials`` more ran, or time is up.
+
+    ``spec.trials`` is the study's total budget: a resumed study runs what is left of it.
+    ``n_trials`` runs that many more, whatever the budget.
+    """
+    from hpo.objective import Objective
+    from hpo.tracking.runs import StudyTracker
+    from hpo.training.device import resolve_device
+
+    # 1. everything the user can get wrong, before anything is created
+    data = prepare_data(spec, source)
+    device = resolve_device(spec.train.device)
+    tracker = StudyTracker(tracking_uri, spec.name)
+    tracker.check_connection()
+    study = open_study(spec, storage_url, source=source, force=force)
+
+    # 2. the parent run, shared by every process of the study
+    parent_id = tracker.ensure_parent_run(
+        study.user_attrs.get(PARENT_RUN_ATTR),
+        tags={
+            "hpo.study": spec.name,
+            "hpo.spec_hash": spec.identity_hash(),
+            "hpo.storage": mask_url(storage_url),
+        },
+        params=_parent_params(spec),
+    )
+    if study.user_attrs.get(PARENT_RUN_ATTR) != parent_id:
+        study.set_user_attr(PARENT_RUN_ATTR, parent_id)
+        study.set_user_attr(TRACKING_URI_ATTR, mask_url(tracking_uri))
+
+    # 3. the budget
+    todo = n_trials if n_trials is not None else spec.trials - finished_count(study)
+    result = StudyResult(study, 0, parent_id, tracker.experiment_id, tracking_uri)
+    if todo <= 0:
+        result.stopped_reason = (
+            f"the study already has {finished_count(study)} of its {spec.trials} trials; "
+            "use --n-trials N to add more"
+        )
+        return result
+
+    failures = _FailureGuard()
+    if on_start is not None:
+        on_start(study, todo)
+    objective = Objective(spec, data, device, tracker)
+    before = len(study.trials)
+    try:
+        study.optimize(
+            objective,
+            n_trials=todo,
+            timeout=timeout if timeout is not None else spec.timeout,
+            catch=(Exception,),
+            callbacks=[*callbacks, failures, _ParentSummary(tracker, spec)],
+        )
+    finally:
+        result.ran = len(study.trials) - before
+        tracker.end_parent_run("FINISHED" if finished_count(study) >= spec.trials else "RUNNING")
+    result.stopped_reason = failures.reason
+    if data.X_test is not None:
+        result.test_metrics = evaluate_best_on_test(study, spec, data, tracker)
+    return result
+
+
+def _parent_params(spec: StudySpec) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "metric": ",".join(spec.objective_metrics),
+        "direction": ",".join(spec.objective_directions),
+        "family": spec.model.family,
+        "data.source": spec.data.source,
+        "epochs": spec.train.epochs,
+        "sampler": spec.sampler.name,
+        "pruner": spec.pruner_spec.name,
+        "trials": spec.trials,
+        "search_space": json.dumps(spec.model_dump(mode="json")["search"], sort_keys=True),
+    }
+    for key, value in spec.data.options.items():
+        params[f"data.{key}"] = value
+    for key, value in spec.fixed.items():
+        params[f"fixed.{key}"] = value
+    return params
+
+
+class _FailureGuard:
+    """Stops the study after :data:`MAX_CONSECUTIVE_FAILURES` failed trials in a row."""
+
+    def __init__(self) -> None:
+        self.streak = 0
+        self.reason: str | None = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        from optuna.trial import TrialState
+
+        if trial.state != TrialState.FAIL:
+            self.streak = 0
+            return
+        self.streak += 1
+        if self.streak >= MAX_CONSECUTIVE_FAILURES:
+            error = trial.user_attrs.get("error", "unknown error")
+            self.reason = f"stopped after {self.streak} failed trials in a row; last error: {error}"
+            study.stop()
+
+
+class _ParentSummary:
+    """Keeps the parent run's summary current: best value and trial, trial counts."""
+
+    def __init__(self, tracker: Any, spec: StudySpec) -> None:
+        self.tracker = tracker
+        self.spec = spec
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        counts = {s: 0 for s in ("complete", "pruned", "fail")}
+        for t in study.get_trials(deepcopy=False):
+            key = t.state.name.lower()
+            if key in counts:
+                counts[key] += 1
+        metrics: dict[str, float] = {f"n_{k}": float(v) for k, v in counts.items()}
+        tags: dict[str, str] = {}
+        if not self.spec.multi_objective and counts["complete"]:
+            best = study.best_trial
+            metrics[f"best_{self.spec.objective_metrics[0]}"] = float(best.value)  # type: ignore[arg-type]
+            metrics["best_trial"] = float(best.number)
+            tags["hpo.best_trial"] = str(best.number)
+            tags["hpo.best_run_id"] = str(best.user_attrs.get("mlflow_run_id", ""))
+        self.tracker.log_parent(metrics=metrics, tags=tags, step=trial.number)
+
+
+def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The best trial (single objective) or the Pareto front (multi-objective); [] if none."""
+    from optuna.trial import TrialState
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    if len(study.directions) > 1:
+        return list(study.best_trials)
+    return [study.best_trial]
+
+
+def evaluate_best_on_test(
+    study: optuna.Study, spec: StudySpec, data: Dataset, tracker: Any
+) -> dict[str, float]:
+    """Evaluate the best trial's logged model once on the held-out test split."""
+    from hpo.tracking.models import load_pytorch_model
+    from hpo.training.metrics import classification_metrics
+
+    best = best_trials(study)
+    if not best or data.X_test is None or data.y_test is None or len(study.directions) > 1:
+        return {}
+    trial = best[0]
+    if study.user_attrs.get("hpo.test_trial") == trial.number:
+        return dict(study.user_attrs.get("hpo.test_metrics", {}))
+    model_uri = trial.user_attrs.get("model_uri")
+    if not model_uri:
+        return {}
+    import numpy as np
+    import torch
+
+    model = load_pytorch_model(model_uri)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.ascontiguousarray(data.X_test)))
+        proba = torch.softmax(logits, dim=1).numpy()
+    metrics = {
+        f"test_{k}": v
+        for k, v in classification_metrics(data.y_test, proba, data.n_classes).items()
+    }
+    clean = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    tracker.log_to_run(trial.user_attrs.get("mlflow_run_id"), metrics=clean)
+    tracker.log_parent(metrics=clean, tags={"hpo.test_trial": str(trial.number)})
+    study.set_user_attr("hpo.test_trial", trial.number)
+    study.set_user_attr("hpo.test_metrics", clean)
+    return clean
+
+
+# -- inspecting --------------------------------------------------------------------------------
+@dataclass
+class StudySummary:
+    """One line of ``hpo study list``."""
+
+    name: str
+    n_trials: int
+    directions: list[str]
+    best_value: Any
+    created: str
+
+
+def list_studies(storage_url: str) -> list[StudySummary]:
+    """Every study in the storage, with its size and best value."""
+    import optuna
+
+    _quiet_optuna()
+    storage = open_storage(storage_url)
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        best = None
+        if s.best_trial is not None:
+            best = s.best_trial.values if len(s.directions) > 1 else s.best_trial.value
+        created = s.datetime_start.strftime("%Y-%m-%d %H:%M") if s.datetime_start else ""
+        out.append(
+            StudySummary(
+                s.study_name, s.n_trials, [d.name.lower() for d in s.directions], best, created
+            )
+        )
+    return out
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """All trials as a table: number, state, value(s), params, duration, run id, metrics."""
+    attrs = ("user_attrs",)
+    df = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", *attrs))
+    df = df.rename(columns=lambda c: c.replace("user_attrs_", "").replace("params_", "param_"))
+    if "duration" in df:
+        df["duration"] = df["duration"].dt.total_seconds().round(2)
+    return df
+
+
+def delete_study(name: str, storage_url: str) -> None:
+    """Delete a study and its trials from the storage (MLflow runs are kept)."""
+    import optuna
+
+    load_study(name, storage_url)  # a clear error for an unknown name
+    optuna.delete_study(study_name=name, storage=open_storage(storage_url))

@@ -1,0 +1,270 @@
+"""End to end on the embedded defaults: a real study on SQLite, logged to a local MLflow store.
+
+One 3-trial study is run through the CLI (module fixture); the tests then look at it the way a
+user does, through ``MlflowClient`` and the Optuna storage.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from hpo.cli import main
+
+SPEC = """\
+name: it-digits
+data: {source: sklearn, name: digits, val_fraction: 0.25, test_fraction: 0.2, seed: 0}
+model: {family: mlp}
+train: {epochs: 4, seed: 0}
+search:
+  lr:         {type: float, low: 1.0e-3, high: 1.0e-2, log: true}
+  width:      {type: int, low: 16, high: 64}
+  optimizer:  {type: categorical, choices: [adam, sgd]}
+  momentum:   {type: float, low: 0.0, high: 0.9, when: {optimizer: sgd}}
+fixed: {batch_size: 64, dropout: 0.1}
+sampler: {name: random, seed: 3}
+pruner: {name: none}
+trials: 3
+"""
+EPOCHS = 4
+
+
+@dataclass
+class Ran:
+    dir: Path
+    spec: Path
+    storage: str
+    tracking: str
+    output: str
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> Ran:
+    root = tmp_path_factory.mktemp("study")
+    spec = root / "study.yaml"
+    spec.write_text(SPEC)
+    storage = f"sqlite:///{root}/hpo.db"
+    tracking = f"sqlite:///{root}/mlflow.db"
+    cwd = os.getcwd()
+    os.chdir(root)  # artifacts go next to the store, never into the repository
+    try:
+        code, out = invoke(
+            "study", "start", str(spec), "--storage", storage, "--tracking-uri", tracking, "-q"
+        )
+    finally:
+        os.chdir(cwd)
+    assert code == 0, out
+    return Ran(root, spec, storage, tracking, out)
+
+
+def client(ran: Ran) -> MlflowClient:
+    return MlflowClient(ran.tracking)
+
+
+def runs(ran: Ran) -> tuple[object, list]:
+    c = client(ran)
+    exp = c.get_experiment_by_name("it-digits")
+    assert exp is not None
+    all_runs = c.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in all_runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    return parents[0], sorted(children, key=lambda r: int(r.data.tags["hpo.trial"]))
+
+
+def test_study_has_three_complete_trials_with_run_ids(ran: Ran) -> None:
+    study = optuna.load_study(study_name="it-digits", storage=ran.storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(t.user_attrs["mlflow_run_id"] for t in study.trials)
+    assert "best trial" in ran.output
+
+
+def test_one_parent_and_a_child_per_trial(ran: Ran) -> None:
+    parent, children = runs(ran)
+    assert parent.info.run_name == "it-digits"
+    assert parent.info.status == "FINISHED"
+    assert [c.info.run_name for c in children] == ["trial-0000", "trial-0001", "trial-0002"]
+    study = optuna.load_study(study_name="it-digits", storage=ran.storage)
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    for child, trial in zip(children, study.trials, strict=True):
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["hpo.state"] == "COMPLETE"
+        assert child.info.run_id == trial.user_attrs["mlflow_run_id"]
+    # the parent's summary is current
+    assert parent.data.metrics["n_complete"] == 3
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+
+
+def test_child_runs_hold_sampled_and_fixed_params(ran: Ran) -> None:
+    _, children = runs(ran)
+    study = optuna.load_study(study_name="it-digits", storage=ran.storage)
+    for child, trial in zip(children, study.trials, strict=True):
+        params = child.data.params
+        for name, value in trial.params.items():
+            assert params[name] == str(value)
+        assert params["batch_size"] == "64"
+        assert params["dropout"] == "0.1"
+        assert params["epochs"] == str(EPOCHS)
+        assert ("momentum" in trial.params) == (trial.params["optimizer"] == "sgd")
+
+
+def test_per_epoch_curves_and_final_metrics(ran: Ran) -> None:
+    _, children = runs(ran)
+    c = client(ran)
+    for child in children:
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            history = c.get_metric_history(child.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1)), key
+        metrics = child.data.metrics
+        for key in (
+            "val_accuracy",
+            "val_precision",
+            "val_recall",
+            "val_f1",
+            "val_roc_auc",
+            "val_loss",
+            "n_params",
+        ):
+            assert key in metrics, key
+        assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    best = max(children, key=lambda r: r.data.metrics["val_accuracy"])
+    assert (
+        best.data.metrics["val_accuracy"] > 0.8
+    )  # digits is easy; a broken loop would not get here
+
+
+def test_plots_and_model_are_logged_and_the_model_predicts(ran: Ran) -> None:
+    import mlflow.pytorch
+    import torch
+
+    from hpo.data import load_dataset
+    from hpo.data.base import SplitOptions
+
+    _, children = runs(ran)
+    c = client(ran)
+    child = children[0]
+    names = {a.path for a in c.list_artifacts(child.info.run_id)}
+    pngs = {n for n in names if n.endswith(".png")}
+    assert {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"} <= pngs, names
+    local = Path(c.download_artifacts(child.info.run_id, "confusion_matrix.png", str(ran.dir)))
+    assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    study = optuna.load_study(study_name="it-digits", storage=ran.storage)
+    trial = study.trials[0]
+    mlflow.set_tracking_uri(ran.tracking)
+    model = mlflow.pytorch.load_model(trial.user_attrs["model_uri"])
+    data = load_dataset(
+        "sklearn", {"name": "digits"}, SplitOptions(val_fraction=0.25, test_fraction=0.2)
+    )
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data.X_val))
+    accuracy = float((logits.argmax(1).numpy() == data.y_val).mean())
+    # the logged model is the trained one: it scores what the run says it scored
+    assert accuracy == pytest.approx(trial.user_attrs["val_accuracy"], abs=1e-6)
+
+
+def test_test_split_is_evaluated_once_for_the_best_trial(ran: Ran) -> None:
+    parent, _ = runs(ran)
+    assert "test_accuracy" in parent.data.metrics
+    study = optuna.load_study(study_name="it-digits", storage=ran.storage)
+    assert study.user_attrs["hpo.test_trial"] == study.best_trial.number
+    assert "held-out test split" in ran.output
+
+
+def test_second_start_resumes_and_adds_trials(ran: Ran) -> None:
+    cwd = os.getcwd()
+    os.chdir(ran.dir)
+    try:
+        code, out = invoke(
+            "study",
+            "start",
+            str(ran.spec),
+            "--storage",
+            ran.storage,
+            "--tracking-uri",
+            ran.tracking,
+            "-q",
+        )
+        assert code == 0, out
+        assert "already has 3 of its 3 trials" in out
+        code, out = invoke(
+            "study",
+            "start",
+            str(ran.spec),
+            "--storage",
+            ran.storage,
+            "--tracking-uri",
+            ran.tracking,
+            "-q",
+            "--n-trials",
+            "1",
+        )
+        assert code == 0, out
+    finally:
+        os.chdir(cwd)
+    study = optuna.load_study(study_name="it-digits", storage=ran.storage)
+    assert len(study.trials) == 4
+    parent, children = runs(ran)
+    assert len(children) == 4  # the new trial nests under the same parent
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+
+
+def test_drifted_spec_is_refused_unless_forced(ran: Ran) -> None:
+    drifted = ran.dir / "drifted.yaml"
+    drifted.write_text(SPEC.replace("high: 1.0e-2", "high: 5.0e-2"))
+    before = len(optuna.load_study(study_name="it-digits", storage=ran.storage).trials)
+    result = CliRunner().invoke(
+        main,
+        [
+            "study",
+            "start",
+            str(drifted),
+            "--storage",
+            ran.storage,
+            "--tracking-uri",
+            ran.tracking,
+            "-q",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "different spec" in result.output
+    assert "search.lr.high: 0.01 -> 0.05" in result.output
+    assert "Traceback" not in result.output
+    assert len(optuna.load_study(study_name="it-digits", storage=ran.storage).trials) == before
+
+
+def test_show_best_export_list(ran: Ran, tmp_path: Path) -> None:
+    code, out = invoke("study", "list", "--storage", ran.storage)
+    assert code == 0 and "it-digits" in out
+    code, out = invoke("study", "show", "it-digits", "--storage", ran.storage)
+    assert code == 0 and "complete" in out
+    code, out = invoke("study", "best", "it-digits", "--storage", ran.storage, "--json")
+    assert code == 0
+    import json
+
+    best = json.loads(out)["best_trial"]
+    study = optuna.load_study(study_name="it-digits", storage=ran.storage)
+    assert best["number"] == study.best_trial.number
+    assert best["value"] == pytest.approx(study.best_value)
+    csv = tmp_path / "trials.csv"
+    code, out = invoke("study", "export", "it-digits", "--storage", ran.storage, "-o", str(csv))
+    assert code == 0
+    import pandas as pd
+
+    frame = pd.read_csv(csv)
+    assert len(frame) == len(study.trials)
+    assert {"number", "state", "value", "param_lr", "mlflow_run_id"} <= set(frame.columns)
+    assert np.isfinite(frame["value"].dropna()).all()
