@@ -6,7 +6,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -34,7 +41,7 @@ class StudyProgress:
             console=self.console,
             transient=False,
         )
-        self.task: int | None = None
+        self.task: TaskID | None = None
 
     def __enter__(self) -> StudyProgress:
         return self

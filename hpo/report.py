@@ -154,6 +154,9 @@ def print_study_list(studies: list[StudySummary], storage_url: str) -> None:
 def _fields_text(model: Any) -> str:
     parts = []
     for name, info in model.model_fields.items():
+        if info.is_required():
+            parts.append(f"{name} (required)")
+            continue
         default = info.get_default(call_default_factory=True)
         parts.append(f"{name}={default!r}" if default is not None else name)
     return ", ".join(parts)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpo.errors import SpecError, StorageError
+from hpo.errors import DataError, SpecError, StorageError
 from hpo.registry import did_you_mean
 from hpo.spec import StudySpec, diff_identity, spec_base_dir
 from hpo.storage import mask_url, open_storage
@@ -58,21 +58,30 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     from hpo.space import grid_search_space
 
     cfg = spec.sampler
-    startup = {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}
+
+    def startup(default: int) -> int:
+        # Optuna's own default per sampler unless the file sets it.
+        return default if cfg.n_startup_trials is None else cfg.n_startup_trials
+
     if cfg.name == "tpe":
         # multivariate TPE models interactions (lr × batch size); constant_liar keeps parallel
         # workers from proposing the same point.
-        return s.TPESampler(seed=cfg.seed, multivariate=True, constant_liar=True, **startup)
+        return s.TPESampler(
+            seed=cfg.seed, multivariate=True, constant_liar=True, n_startup_trials=startup(10)
+        )
     if cfg.name == "random":
         return s.RandomSampler(seed=cfg.seed)
     if cfg.name == "grid":
         return s.GridSampler(grid_search_space(spec.search), seed=cfg.seed)
     if cfg.name == "cmaes":
-        return s.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False, **startup)
+        return s.CmaEsSampler(
+            seed=cfg.seed, warn_independent_sampling=False, n_startup_trials=startup(1)
+        )
     if cfg.name == "gp":
-        return s.GPSampler(seed=cfg.seed, warn_independent_sampling=False, **startup)
-    pop = {} if cfg.population_size is None else {"population_size": cfg.population_size}
-    return s.NSGAIISampler(seed=cfg.seed, **pop)
+        return s.GPSampler(
+            seed=cfg.seed, warn_independent_sampling=False, n_startup_trials=startup(10)
+        )
+    return s.NSGAIISampler(seed=cfg.seed, population_size=cfg.population_size or 50)
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
@@ -179,12 +188,16 @@ def prepare_data(spec: StudySpec, source: str) -> Dataset:
     from hpo.data import load_dataset_cached
     from hpo.data.base import SplitOptions
 
-    data = load_dataset_cached(
-        spec.data.source,
-        spec.data.options,
-        SplitOptions(**spec.data.split_dict()),
-        base_dir=spec_base_dir(spec),
-    )
+    try:
+        data = load_dataset_cached(
+            spec.data.source,
+            spec.data.options,
+            SplitOptions(**spec.data.split_dict()),
+            base_dir=spec_base_dir(spec),
+        )
+    except DataError as exc:
+        # The source names the field and the value; add which study file asked for it.
+        raise DataError(f"{source}: {exc}") from None
     n_train = len(data.y_train)
     sizes: list[tuple[str, Any]] = []
     if "batch_size" in spec.fixed:

@@ -1,20 +1,23 @@
 """The data contract: every source turns its options into a split, scaled :class:`Dataset`.
 
 A source is a class registered in :data:`SOURCES` with a pydantic ``Options`` model (its own fields,
-``extra="forbid"``) and a ``load(options, split) -> Dataset`` method. The study file's ``data`` block
-is ``source`` + the split fields of :class:`SplitOptions` + the source's own fields.
+``extra="forbid"``; subclass :class:`SourceOptions`) and a ``load(options, split, base_dir=None) ->
+Dataset`` method. The study file's ``data`` block is ``source`` + the split fields of
+:class:`SplitOptions` + the source's own fields.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from hpo.registry import Registry
+from hpo.registry import Registry, did_you_mean
 
 
 class SplitOptions(BaseModel):
@@ -44,8 +47,9 @@ class Dataset:
     X_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
     feature_names: list[str] | None = None
-    #: A fitted scikit-learn transformer that maps raw input rows to model features (CSV sources),
-    #: kept so a served model can take raw rows. ``None`` when features need no transformation.
+    #: A fitted scikit-learn transformer that maps raw input rows (``info["raw_columns"]``) to model
+    #: features (a scaler; the CSV source's imputer + encoder + scaler), kept so a served model can
+    #: take raw rows. ``None`` when features need no transformation.
     preprocessor: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -62,6 +66,34 @@ class Dataset:
         return int(np.prod(self.input_shape))
 
 
+class SourceOptions(BaseModel):
+    """Base of every source's ``Options``: unknown fields are refused with a did-you-mean hint.
+
+    The message matches the study file's other blocks, so ``data: {nmae: iris}`` reads
+    ``unknown field 'nmae' (did you mean 'name'?); allowed: name``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unknown_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = list(cls.model_fields)
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError(
+                        "unknown_field",
+                        "unknown field '{key}'{hint}; allowed: {allowed}",
+                        {
+                            "key": key,
+                            "hint": did_you_mean(str(key), known),
+                            "allowed": ", ".join(known),
+                        },
+                    )
+        return data
+
+
 class DataSource(ABC):
     """A kind of data (``synthetic``, ``sklearn``, ``csv`` …)."""
 
@@ -71,8 +103,15 @@ class DataSource(ABC):
     description: ClassVar[str] = ""
 
     @abstractmethod
-    def load(self, options: BaseModel, split: SplitOptions) -> Dataset:
-        """Load, split and preprocess. Raise :class:`hpo.errors.DataError` for unusable data."""
+    def load(
+        self, options: BaseModel, split: SplitOptions, *, base_dir: Path | None = None
+    ) -> Dataset:
+        """Load, split and preprocess. Raise :class:`hpo.errors.DataError` for unusable data.
+
+        ``options`` is an instance of the source's ``Options``. ``base_dir`` is the directory that
+        relative file paths in ``options`` resolve against (the study file's; ``None``: the current
+        directory); sources that read no files ignore it.
+        """
 
 
 SOURCES: Registry[type[DataSource]] = Registry("data source")

@@ -1,0 +1,165 @@
+"""Logging and loading trained models as MLflow logged models, in the safe ``pt2`` format only.
+
+``pt2`` is ``torch.export``: a traced graph plus tensors, loaded back without running pickled
+Python code. The pickle format (MLflow's other PyTorch format) executes arbitrary code on load,
+so this module never writes it and refuses to read it, whatever ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION``
+says.
+
+Two MLflow details shape :func:`log_pytorch_model`:
+
+* ``mlflow.pytorch.log_model`` is a fluent API. It accepts a ``run_id`` (so no ``start_run`` is
+  needed, whose exit would mark our run FINISHED), but it creates the LoggedModel in the *active*
+  experiment, which without an active run is the "Default" one. We therefore create the
+  LoggedModel ourselves, in the study's experiment and linked to the trial's run, and hand its
+  ``model_id`` over.
+* It talks to the store through the process-global tracking URI. The URI is switched for the
+  duration of the call under a lock, so concurrent trials of different stores in one process do
+  not see each other's URI, and restored afterwards.
+
+Explicit ``pip_requirements`` matter: inferring them costs 4.4 s per model (design.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+    from torch import nn
+
+#: File names ``mlflow.pytorch`` writes in the model's ``data`` directory.
+PT2_FILE = "model.pt2"
+PICKLE_FILE = "model.pth"
+#: Rows kept from the input example (it is stored as JSON next to the model).
+MAX_EXAMPLE_ROWS = 5
+
+# Serialises the switch of MLflow's process-global tracking URI (see the module docstring).
+_GLOBAL_URI_LOCK = threading.Lock()
+
+
+@functools.cache
+def pip_requirements() -> list[str]:
+    """What a serving environment needs to load the model (``mlflow`` is added by MLflow)."""
+    import torch
+
+    # "2.13.0+cpu" is a local version label pip cannot resolve from PyPI: pin the release.
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def log_pytorch_model(
+    client: MlflowClient,
+    model: nn.Module,
+    input_example: np.ndarray,
+    *,
+    experiment_id: str,
+    run_id: str,
+    name: str = "model",
+    params: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    step: int = 0,
+) -> str:
+    """Log ``model`` (on the CPU) as a ``pt2`` LoggedModel of ``run_id``; return ``models:/m-…``.
+
+    ``input_example`` is a few input rows; it is traced by ``torch.export`` and stored with the
+    model. The exported batch dimension is dynamic, which ``torch.export`` only infers from a
+    batch of at least two rows, so a single row is repeated. The model is exported in eval mode
+    (dropout off, batch-norm running statistics): ``pt2`` freezes the mode it was traced in. Its
+    train/eval mode is restored afterwards. ``step`` links the run's metrics at that step to the
+    model, so the model page shows them.
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    example = _example_rows(input_example)
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.device.type != "cpu":
+            raise ValueError(f"log_pytorch_model: move the model to the CPU first (found {tensor.device})")
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        signature = infer_signature(example, output)
+        logged = client.create_logged_model(
+            experiment_id=experiment_id,
+            name=name,
+            source_run_id=run_id,
+            params=dict(params or {}),
+            tags=dict(tags or {}),
+        )
+        with _GLOBAL_URI_LOCK, _use_tracking_uri(client.tracking_uri):
+            info = mlflow.pytorch.log_model(
+                model,
+                name=name,
+                model_id=logged.model_id,
+                run_id=run_id,
+                step=step,
+                input_example=example,
+                signature=signature,
+                pip_requirements=pip_requirements(),
+                serialization_format="pt2",
+                # The serving check re-loads the model through pyfunc (~0.1 s); the format is
+                # checked by our tests instead of on every trial.
+                validate_serving_input=False,
+            )
+    finally:
+        model.train(was_training)
+    return str(info.model_uri)
+
+
+def load_pytorch_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:
+    """Load a model logged by :func:`log_pytorch_model`; refuse anything that is not ``pt2``.
+
+    ``model_uri`` is ``models:/m-…``, ``runs:/<run_id>/model`` or a local model directory;
+    ``tracking_uri`` is the store that resolves the first two (default: MLflow's current one).
+    The result maps a float32 batch to logits, in eval mode (the mode it was exported in).
+    """
+    import mlflow.artifacts
+    import mlflow.pytorch
+    import torch
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="hpo-model-") as tmp:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri
+            )
+        )
+        flavors = Model.load(str(local)).flavors
+        if "pytorch" not in flavors:
+            raise MlflowException(f"{model_uri} is not a PyTorch model (flavors: {sorted(flavors)})")
+        data = local / flavors["pytorch"]["model_data"]
+        archive = data / PT2_FILE
+        if (data / PICKLE_FILE).exists() or not archive.is_file():
+            raise MlflowException(
+                f"{model_uri} is not saved in the pt2 format; refusing to unpickle it"
+            )
+        # torch.export.load unpickles the archive's tensors with weights_only=False; MLflow's
+        # check admits only JSON records and tensors. MLflow skips it when pickle is allowed by
+        # environment: we run it always.
+        mlflow.pytorch._validate_pt2_archive_is_pickle_free(str(archive))
+        module: nn.Module = torch.export.load(str(archive)).module()
+    return module
+
+
+def _example_rows(input_example: Any) -> np.ndarray:
+    example = np.ascontiguousarray(np.asarray(input_example)[:MAX_EXAMPLE_ROWS], dtype=np.float32)
+    if example.ndim == 0 or example.shape[0] == 0:
+        raise ValueError("log_pytorch_model: input_example needs at least one row")
+    if example.shape[0] == 1:
+        example = np.concatenate([example, example])
+    return example

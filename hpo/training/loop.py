@@ -1,0 +1,264 @@
+"""The training loop: plain PyTorch over in-memory tensors, no Optuna or MLflow.
+
+Design notes (throughput is benchmarked against a minimal hand-written torch loop):
+
+* The data is moved to the device once; there is no ``DataLoader`` (its per-batch collation costs
+  about 20 % on small models). Each epoch shuffles with a seeded :class:`torch.Generator` and
+  slices mini-batches as views of the shuffled tensors.
+* Per-batch loss and predictions stay on the device and are reduced once per epoch, so the loop
+  never forces a host/GPU sync per batch (no ``.item()`` in the inner loop).
+* Divergence (a NaN or infinite loss) is detected at the first batch and at each epoch end.
+
+Pruning and tracking hook in as :class:`~hpo.training.callbacks.Callback` objects; an exception
+raised by a callback stops training and propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo.data.base import Dataset
+from hpo.training.callbacks import Callback
+from hpo.training.config import TrainParams
+from hpo.training.optim import make_optimizer
+
+#: Rows per forward pass when evaluating (bounds memory; no gradients are kept).
+EVAL_BATCH_SIZE = 4096
+#: Above this size the training set is not copied in shuffled order each epoch; each batch is
+#: gathered on its own instead (a little slower, but needs no second copy of the data).
+_SHUFFLED_COPY_LIMIT_BYTES = 1 << 30
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite: the hyperparameters (usually the learning rate) diverge."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        # Keep the constructor arguments as ``args`` so the exception pickles across processes.
+        super().__init__(epoch, loss)
+        self.epoch = epoch
+        self.loss = loss
+
+    def __str__(self) -> str:
+        return f"loss became {self.loss} at epoch {self.epoch} (learning rate too high?)"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` measured."""
+
+    #: One dict per epoch: ``epoch``, ``train_loss``, ``train_accuracy``, ``val_loss``,
+    #: ``val_accuracy``.
+    history: list[dict[str, float]] = field(default_factory=list)
+    #: Wall-clock time of :func:`train`, excluding the time spent inside callbacks.
+    train_seconds: float = 0.0
+    epochs_run: int = 0
+    #: Training samples processed (all epochs) per second of ``train_seconds``.
+    samples_per_second: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators.
+
+    Call it before building the model: weight initialisation and dropout masks draw from torch's
+    global generator, so a trial is then reproducible (bit for bit on the CPU).
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _as_tensor(array: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    contiguous = np.ascontiguousarray(array)
+    if not contiguous.flags.writeable:
+        # torch warns about (and could write through) read-only NumPy memory.
+        contiguous = contiguous.copy()
+    return torch.from_numpy(contiguous).to(device=device, dtype=dtype)
+
+
+def _evaluate(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and number of correct predictions, as device tensors (no sync)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=X.device)
+    correct = torch.zeros((), dtype=torch.long, device=X.device)
+    with torch.no_grad():
+        for xb, yb in zip(X.split(EVAL_BATCH_SIZE), y.split(EVAL_BATCH_SIZE), strict=True):
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(dim=1) == yb).sum()
+    return loss_sum, correct
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    params: TrainParams,
+    *,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train ``model`` (moved to ``device``) on ``data.X_train`` for ``epochs`` epochs.
+
+    Each epoch: a permutation seeded from ``seed``, mini-batches of ``params.batch_size``,
+    cross-entropy and one optimizer step per batch; then the epoch's running-mean training
+    loss/accuracy and the validation loss/accuracy (eval mode) go to every callback.
+
+    A final batch of a single sample is dropped (BatchNorm cannot train on one sample).
+    The model is left in eval mode. Raises :class:`TrainingDiverged` on a NaN or infinite loss.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    started = time.perf_counter()
+    callback_seconds = 0.0
+
+    model.to(device)
+    X = _as_tensor(data.X_train, torch.float32, device)
+    y = _as_tensor(data.y_train, torch.long, device)
+    X_val = _as_tensor(data.X_val, torch.float32, device)
+    y_val = _as_tensor(data.y_val, torch.long, device)
+    n = len(y)
+    if n == 0:
+        raise ValueError("the training split is empty")
+    n_val = len(y_val)
+
+    batch_size = params.resolved_batch_size(n)
+    n_used = n - 1 if n > 1 and n % batch_size == 1 else n
+    full_batch = batch_size >= n_used
+    shuffled_copy = X.element_size() * X.numel() <= _SHUFFLED_COPY_LIMIT_BYTES
+    # Batch sizes are the same every epoch: weights that turn per-batch mean losses into a sum.
+    sizes = [batch_size] * (n_used // batch_size)
+    if n_used % batch_size:
+        sizes.append(n_used % batch_size)
+    batch_weights = torch.tensor(sizes, dtype=torch.float32, device=device)
+
+    optimizer = make_optimizer(
+        params.optimizer,
+        model.parameters(),
+        lr=params.lr,
+        weight_decay=params.weight_decay,
+        momentum=params.momentum,
+    )
+    # A CPU generator gives the same batch order on every device.
+    generator = torch.Generator().manual_seed(seed)
+
+    history: list[dict[str, float]] = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+        if full_batch:
+            # One step over everything: the order cannot matter.
+            y_epoch = y[:n_used]
+            batches = [(X[:n_used], y_epoch)]
+        else:
+            perm = torch.randperm(n, generator=generator)[:n_used].to(device)
+            y_epoch = y.index_select(0, perm)
+            if shuffled_copy:
+                # One gather per epoch; batches are then free views of contiguous memory.
+                batches = zip(
+                    X.index_select(0, perm).split(batch_size),
+                    y_epoch.split(batch_size),
+                    strict=True,
+                )
+            else:
+                batches = (
+                    (X.index_select(0, idx), y.index_select(0, idx))
+                    for idx in perm.split(batch_size)
+                )
+
+        losses: list[torch.Tensor] = []
+        predictions: list[torch.Tensor] = []
+        for xb, yb in batches:
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+            predictions.append(logits.detach().argmax(dim=1))
+            if epoch == 1 and len(losses) == 1:
+                # One sync in the whole run: fail at once if the very first loss is broken
+                # (e.g. non-finite inputs) rather than after a full epoch.
+                first = float(loss.detach())
+                if not math.isfinite(first):
+                    raise TrainingDiverged(epoch, first)
+
+        train_loss_sum = torch.dot(torch.stack(losses), batch_weights)
+        train_correct = (torch.cat(predictions) == y_epoch).sum()
+        # The per-epoch sync: both numbers come back in one transfer.
+        train_loss_total, train_correct_total = torch.stack(
+            [train_loss_sum, train_correct.to(train_loss_sum.dtype)]
+        ).tolist()
+        train_loss = train_loss_total / n_used
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(epoch, train_loss)
+
+        if n_val:
+            val_loss_sum, val_correct = _evaluate(model, X_val, y_val)
+            val_loss_total, val_correct_total = torch.stack(
+                [val_loss_sum, val_correct.to(val_loss_sum.dtype)]
+            ).tolist()
+            val_loss, val_accuracy = val_loss_total / n_val, val_correct_total / n_val
+            # The last step of the epoch may have broken the weights after its loss was computed.
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(epoch, val_loss)
+        else:
+            val_loss = val_accuracy = math.nan
+
+        metrics = {
+            "train_loss": train_loss,
+            "train_accuracy": train_correct_total / n_used,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+        }
+        history.append({"epoch": epoch, **metrics})
+        callbacks_started = time.perf_counter()
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, dict(metrics))
+        callback_seconds += time.perf_counter() - callbacks_started
+
+    model.eval()
+    seconds = max(time.perf_counter() - started - callback_seconds, 1e-9)
+    return TrainResult(
+        history=history,
+        train_seconds=seconds,
+        epochs_run=len(history),
+        samples_per_second=len(history) * n_used / seconds,
+    )
+
+
+def predict_proba(
+    model: nn.Module, X: np.ndarray, device: torch.device, batch_size: int = EVAL_BATCH_SIZE
+) -> np.ndarray:
+    """Class probabilities (softmax of the logits) for ``X``, shape ``(n, n_classes)``, float64.
+
+    Runs in eval mode under ``no_grad``; the model's previous train/eval mode is restored.
+    """
+    was_training = model.training
+    model.to(device)
+    model.eval()
+    chunks: list[np.ndarray] = []
+    try:
+        with torch.no_grad():
+            inputs = _as_tensor(X, torch.float32, torch.device("cpu"))
+            for xb in inputs.split(batch_size):
+                logits = model(xb.to(device)).cpu()
+                # float64 softmax (on the CPU: MPS has no float64): rows then sum to 1 tightly
+                # enough for scikit-learn's probability checks.
+                chunks.append(torch.softmax(logits.double(), dim=1).numpy())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return np.zeros((0, 0), dtype=np.float64)
+    return np.concatenate(chunks)
