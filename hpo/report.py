@@ -89,29 +89,35 @@ def best_payload(study: optuna.Study) -> dict[str, Any]:
 
 
 def print_best(study: optuna.Study) -> None:
-    """The best trial's value, parameters and run id (Pareto front if multi-objective)."""
+    """The best trial's value, parameters and run id (each trial of the Pareto front if multi-objective).
+
+    One trial per block, a parameter per line: a study may search a dozen parameters, which no
+    terminal fits side by side.
+    """
     from hpo.study import best_trials
 
     trials = best_trials(study)
     if not trials:
         console.print(f"study '{study.study_name}' has no completed trial yet")
         return
-    title = "Pareto front" if len(study.directions) > 1 else "best trial"
-    table = Table(title=f"{study.study_name}: {title}", title_justify="left")
-    table.add_column("trial", justify="right")
-    table.add_column("value", justify="right")
-    params = sorted({p for t in trials for p in t.params})
-    for p in params:
-        table.add_column(p)
-    table.add_column("mlflow run")
+    multi = len(study.directions) > 1
+    if multi:
+        console.print(f"Pareto front of '{study.study_name}': {len(trials)} trials")
     for t in trials:
-        table.add_row(
-            str(t.number),
-            _fmt(t.values if len(study.directions) > 1 else t.value),
-            *[_fmt(t.params.get(p)) for p in params],
-            str(t.user_attrs.get("mlflow_run_id", "")),
+        table = Table(
+            title=f"{'Pareto-optimal' if multi else 'best'} trial {t.number}: value {_fmt(t.values if multi else t.value)}",
+            title_justify="left",
+            show_header=False,
         )
-    console.print(table)
+        table.add_column("name", style="bold")
+        table.add_column("value")
+        for name in sorted(t.params):
+            table.add_row(name, _fmt(t.params[name]))
+        for key in ("val_accuracy", "val_f1", "val_roc_auc", "val_loss", "n_params"):
+            if key in t.user_attrs:
+                table.add_row(key, _fmt(t.user_attrs[key]))
+        table.add_row("mlflow run", str(t.user_attrs.get("mlflow_run_id", "")))
+        console.print(table)
 
 
 def print_trials(study: optuna.Study, limit: int = 50) -> None:

@@ -368,7 +368,6 @@ def evaluate_best_on_test(
     study: optuna.Study, spec: StudySpec, data: Dataset, tracker: Any
 ) -> dict[str, float]:
     """Evaluate the best trial's logged model once on the held-out test split."""
-    from hpo.tracking.models import load_pytorch_model
     from hpo.training.metrics import classification_metrics
 
     best = best_trials(study)
@@ -383,7 +382,7 @@ def evaluate_best_on_test(
     import numpy as np
     import torch
 
-    model = load_pytorch_model(model_uri)
+    model = tracker.load_model(model_uri)  # from the study's own store, not MLflow's global one
     with torch.no_grad():
         logits = model(torch.from_numpy(np.ascontiguousarray(data.X_test)))
         proba = torch.softmax(logits, dim=1).numpy()

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 # Imported for their side effect: each module registers its source.
-from hpo.data import csv, sklearn, synthetic  # noqa: F401
+from hpo.data import csv, images, npz, sklearn, synthetic  # noqa: F401
 from hpo.data.base import SOURCES, Dataset, DataSource, SourceOptions, SplitOptions
 from hpo.errors import DataError
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from hpo.registry import Registry, did_you_mean
+
+if TYPE_CHECKING:
+    # Only for the annotation: importing it for real would pull torch into every data import.
+    from hpo.data.augment import Augmentation
 
 
 class SplitOptions(BaseModel):
@@ -34,8 +38,9 @@ class SplitOptions(BaseModel):
 class Dataset:
     """A classification data set, split and preprocessed, ready for training.
 
-    Features are float32 arrays of shape ``(n, *input_shape)``; labels are int64 in
-    ``[0, n_classes)``. Preprocessing (scaling, encoding) was fitted on the training split only.
+    Features are float32 arrays of shape ``(n, *input_shape)``: ``(n, n_features)`` for tables,
+    ``(n, C, H, W)`` for images. Labels are int64 in ``[0, n_classes)``. Preprocessing (scaling,
+    encoding, per-channel image normalisation) was fitted on the training split only.
     """
 
     name: str
@@ -49,9 +54,13 @@ class Dataset:
     feature_names: list[str] | None = None
     #: A fitted scikit-learn transformer that maps raw input rows (``info["raw_columns"]``) to model
     #: features (a scaler; the CSV source's imputer + encoder + scaler), kept so a served model can
-    #: take raw rows. ``None`` when features need no transformation.
+    #: take raw rows. ``None`` when features need no transformation. Image data sets hold an
+    #: :class:`hpo.data.split.ImageNormaliser` (raw images in ``info["raw_layout"]`` → normalised).
     preprocessor: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: Random augmentation the training loop applies to each training mini-batch (on the device),
+    #: ``data.augmentation(batch, generator)``; ``None``: none. Only image data sets have one.
+    augmentation: Augmentation | None = None
 
     @property
     def n_classes(self) -> int:

@@ -1,4 +1,8 @@
-"""``sklearn``: the small classification sets bundled with scikit-learn (nothing is downloaded)."""
+"""``sklearn``: the small classification sets bundled with scikit-learn (nothing is downloaded).
+
+``digits`` is tabular by default (64 pixel features, standard-scaled); with ``images: true`` it is
+N×1×8×8 images normalised per channel, for the convolutional families.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
 
+from hpo.data.augment import AugmentOptions, augmentation_from, tabular_augment_error
 from hpo.data.base import SOURCES, Dataset, DataSource, SourceOptions, SplitOptions
-from hpo.data.split import scaled_dataset
+from hpo.data.split import normalised_image_dataset, scaled_dataset
 from hpo.errors import DataError
 from hpo.registry import did_you_mean
 
@@ -38,6 +43,13 @@ class SklearnOptions(SourceOptions):
     """Options of the ``sklearn`` source."""
 
     name: str = Field("digits", description="iris | wine | breast_cancer | digits")
+    images: bool = Field(
+        False,
+        description="digits only: N×1×8×8 images (for convolutional families), not 64 features",
+    )
+    augment: AugmentOptions | None = Field(
+        None, description="with images: random crop / flip of training batches"
+    )
 
     @field_validator("name")
     @classmethod
@@ -48,13 +60,43 @@ class SklearnOptions(SourceOptions):
             raise ValueError(message)
         return name
 
+    # Fields are validated in order, so ``name`` (and ``images``) are in info.data when valid.
+    @field_validator("images")
+    @classmethod
+    def _images_only_for_digits(cls, images: bool, info: ValidationInfo) -> bool:
+        message = images_message(info.data.get("name"), images)
+        if message:
+            raise ValueError(message)
+        return images
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_needs_images(
+        cls, augment: AugmentOptions | None, info: ValidationInfo
+    ) -> AugmentOptions | None:
+        if augment is not None and not info.data.get("images", False):
+            raise ValueError(
+                "augmentation (random crop / flip) needs image data: set images: true "
+                "(name: digits)"
+            )
+        return augment
+
+
+def images_message(name: str | None, images: bool) -> str | None:
+    """Why ``images`` cannot be set for ``name``, or ``None`` if it can."""
+    if images and name is not None and name != "digits":
+        return f"only the 'digits' set has images, got name '{name}'"
+    return None
+
 
 @SOURCES.register("sklearn")
 class SklearnSource(DataSource):
     """A set bundled with scikit-learn: ``iris``, ``wine``, ``breast_cancer`` or ``digits``."""
 
     Options = SklearnOptions
-    description = "scikit-learn's bundled sets: iris, wine, breast_cancer, digits (8x8, flattened)"
+    description = (
+        "scikit-learn's bundled sets: iris, wine, breast_cancer, digits (8x8, flattened or images)"
+    )
 
     def load(
         self, options: BaseModel, split: SplitOptions, *, base_dir: Path | None = None
@@ -64,7 +106,24 @@ class SklearnSource(DataSource):
         message = unknown_name_message(o.name)
         if message:  # only reachable with options built without validation
             raise DataError(f"data.name: {message}")
+        message = images_message(o.name, o.images)
+        if message:  # likewise
+            raise DataError(f"data.images: {message}")
+        if o.augment is not None and not o.images:
+            raise tabular_augment_error(f"sklearn '{o.name}' without images: true")
         bunch = LOADERS[o.name]()
+        if o.images:
+            images = np.asarray(bunch.images, dtype=np.float64)  # N×8×8, pixel values 0..16
+            return normalised_image_dataset(
+                o.name,
+                images,
+                np.asarray(bunch.target),
+                [str(c) for c in bunch.target_names],
+                split,
+                layout="NHW",
+                info={"source": "sklearn", "name": o.name, "images": True},
+                augmentation=augmentation_from(o.augment, (1, *images.shape[1:])),
+            )
         # digits' data is already the 8x8 images flattened to 64 pixel features.
         X = np.asarray(bunch.data, dtype=np.float64).reshape(len(bunch.target), -1)
         names = getattr(bunch, "feature_names", None)
