@@ -25,6 +25,8 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
+        if value.is_integer() and abs(value) >= 1e4:
+            return f"{int(value):,}"  # counts (parameters, rows) read better whole
         return f"{value:.4g}"
     if isinstance(value, list | tuple):
         return ", ".join(_fmt(v) for v in value)

@@ -110,6 +110,8 @@ class TrainSpec(StrictModel):
     epochs: int = Field(10, ge=1, le=10_000)
     device: str = "auto"
     seed: int = 0
+    #: CPU threads per process for torch; unset: see :func:`hpo.training.threads.default_threads`.
+    threads: int | None = Field(None, ge=1, le=512)
 
 
 class SamplerSpec(StrictModel):
@@ -217,7 +219,8 @@ class StudySpec(StrictModel):
             "directions": self.objective_directions,
             "data": dump["data"],
             "model": dump["model"],
-            "train": {k: v for k, v in dump["train"].items() if k != "device"},
+            # where and how fast it runs does not change what a trial means
+            "train": {k: v for k, v in dump["train"].items() if k not in ("device", "threads")},
             "search": dump["search"],
             "fixed": dump["fixed"],
         }
@@ -319,6 +322,34 @@ def spec_base_dir(spec: StudySpec) -> Path | None:
     return getattr(spec, "_base_dir", None)
 
 
+def study_families(spec: StudySpec) -> list[str]:
+    """The model families a study's trials may build: the fixed one or the searched choices."""
+    if FAMILY_PARAM in spec.search and spec.search[FAMILY_PARAM].type == "categorical":
+        return [str(c) for c in spec.search[FAMILY_PARAM].choices]  # type: ignore[union-attr]
+    if FAMILY_PARAM in spec.fixed:
+        return [str(spec.fixed[FAMILY_PARAM])]
+    return [spec.model.family]
+
+
+def data_options(spec: StudySpec) -> dict[str, Any]:
+    """The data source's options as loaded: digits come as 1×8×8 images when a family needs them.
+
+    A study that mixes flat and convolutional families loads images; the MLP flattens them.
+    """
+    from hpo.models import FAMILIES
+
+    options = spec.data.options
+    if spec.data.source == "sklearn" and "images" not in options:
+        kinds = {
+            getattr(FAMILIES.get(f), "input_kind", "flat")
+            for f in study_families(spec)
+            if f in FAMILIES
+        }
+        if "image" in kinds and options.get("name", "digits") == "digits":
+            options = {**options, "images": True}
+    return options
+
+
 def hyperparameter_models(family: str) -> dict[str, Any]:
     """Every hyperparameter name usable with ``family`` → the field's pydantic type adapter."""
     from hpo.models import FAMILIES
@@ -358,7 +389,7 @@ def check_semantics(spec: StudySpec, source: str, base_dir: Path | None = None) 
         fail("data.source", exc.args[0])
         raise
     try:
-        opts_model.model_validate(spec.data.options)
+        opts_model.model_validate(data_options(spec))
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, source, prefix="data")) from None
 
@@ -370,14 +401,9 @@ def check_semantics(spec: StudySpec, source: str, base_dir: Path | None = None) 
             fail(field, f"unknown metric '{metric}'{hint}; known: {', '.join(OBJECTIVE_METRICS)}")
 
     # families: the fixed one, or every choice of a searched ``family``
-    families = [spec.model.family]
-    if FAMILY_PARAM in spec.search:
-        fam_param = spec.search[FAMILY_PARAM]
-        if fam_param.type != "categorical":
-            fail(f"search.{FAMILY_PARAM}", "must be categorical (a list of family names)")
-        families = [str(c) for c in fam_param.choices]  # type: ignore[union-attr]
-    elif FAMILY_PARAM in spec.fixed:
-        families = [str(spec.fixed[FAMILY_PARAM])]
+    if FAMILY_PARAM in spec.search and spec.search[FAMILY_PARAM].type != "categorical":
+        fail(f"search.{FAMILY_PARAM}", "must be categorical (a list of family names)")
+    families = study_families(spec)
     for fam in families:
         if fam not in FAMILIES:
             where = "model.family" if families == [spec.model.family] else f"search.{FAMILY_PARAM}"

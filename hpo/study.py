@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.errors import DataError, SpecError, StorageError
 from hpo.registry import did_you_mean
-from hpo.spec import StudySpec, diff_identity, spec_base_dir
+from hpo.spec import StudySpec, data_options, diff_identity, spec_base_dir
 from hpo.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def prepare_data(spec: StudySpec, source: str) -> Dataset:
     try:
         data = load_dataset_cached(
             spec.data.source,
-            spec.data.options,
+            data_options(spec),
             SplitOptions(**spec.data.split_dict()),
             base_dir=spec_base_dir(spec),
         )
@@ -236,10 +236,12 @@ def run_study(
     from hpo.objective import Objective
     from hpo.tracking.runs import StudyTracker
     from hpo.training.device import resolve_device
+    from hpo.training.threads import configure_threads
 
     # 1. everything the user can get wrong, before anything is created
     data = prepare_data(spec, source)
     device = resolve_device(spec.train.device)
+    configure_threads(spec.train.threads)
     tracker = StudyTracker(tracking_uri, spec.name)
     tracker.check_connection()
     study = open_study(spec, storage_url, source=source, force=force)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Imported for their side effect: each family module registers itself in FAMILIES.
-from hpo.models import mlp  # noqa: F401
+from hpo.models import cnn, mlp, resnet, vgg  # noqa: F401
 from hpo.models.base import FAMILIES, ModelFamily, count_parameters
 
 __all__ = ["FAMILIES", "ModelFamily", "count_parameters", "get_family"]

@@ -1,8 +1,18 @@
-"""Resolve the study file's ``train.device`` to a :class:`torch.device`, failing early and clearly."""
+"""Resolve the study file's ``train.device`` to a :class:`torch.device`, failing early and clearly.
+
+Also the per-device speed settings of the training loop: bf16 autocast, channels-last memory
+format and cuDNN autotuning, all on CUDA only (on the CPU they cost time and change results).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from functools import partial
+from typing import Any
+
 import torch
+from torch import nn
 
 from hpo.errors import DeviceError
 
@@ -51,3 +61,49 @@ def resolve_device(name: str) -> torch.device:
             raise DeviceError(f"{_FIELD}: '{name}' is not available (no Apple MPS backend here)")
         return device
     raise DeviceError(f"{_FIELD}: unsupported device '{name}'; use {_ACCEPTED}")
+
+
+def bf16_autocast_supported(device: torch.device) -> bool:
+    """Whether ``device`` is a CUDA GPU with native bfloat16 (Ampere or newer, or ROCm).
+
+    Emulated bf16 (older GPUs) is excluded: it is slower than float32 there.
+    """
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def mixed_precision(device: torch.device) -> Callable[[], AbstractContextManager[Any]]:
+    """A factory of contexts for forward passes and losses on ``device``, checked once.
+
+    bf16 autocast on a bf16-capable GPU, a no-op elsewhere (the CPU included). bf16 keeps
+    float32's exponent range, so unlike float16 it needs no gradient scaler; ``cross_entropy``
+    still returns float32 (autocast runs it in float32).
+    """
+    if bf16_autocast_supported(device):
+        return partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def use_channels_last(device: torch.device, model: nn.Module, input_ndim: int) -> bool:
+    """Whether to train ``model`` and its ``(N, C, H, W)`` inputs in channels-last memory format.
+
+    Only on CUDA and only for convolutional models on 4-D input: there cuDNN's NHWC kernels use
+    the tensor cores without a layout transform per convolution; on the CPU the format costs time.
+    """
+    return (
+        device.type == "cuda"
+        and input_ndim == 4
+        and any(isinstance(module, nn.Conv2d) for module in model.modules())
+    )
+
+
+def configure_backends(device: torch.device) -> None:
+    """Per-device global switches: on CUDA, let cuDNN benchmark and pick the fastest kernels.
+
+    Input shapes are fixed within a training run (one batch size plus at most a shorter last
+    batch), so the one-off autotuning cost is repaid from the second epoch on.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True

@@ -1,0 +1,30 @@
+"""How many CPU threads torch uses in a trial process.
+
+Measured on 2 cores (5 epochs on digits, medians of 3 interleaved runs): on an idle machine two
+threads are as fast or faster than one (MLP 1.02x-0.77x the time, small CNN 0.72x). When the cores are
+oversubscribed -- more busy processes than cores, e.g. several workers on one machine -- torch's
+spinning intra-op threads collapse: the same MLP training took 19.8 s with 2 threads against 1.3 s
+with 1. So each process takes its share of the cores, never more.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def default_threads(workers: int = 1) -> int:
+    """This process's share of the machine's cores when ``workers`` trial processes share it."""
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    return max(1, cores // max(1, workers))
+
+
+def configure_threads(threads: int | None = None, workers: int = 1) -> int:
+    """Set torch's intra-op thread count (``threads``, else the default share); return it."""
+    import torch
+
+    n = threads or default_threads(workers)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
