@@ -20,8 +20,8 @@ demo: install  ## run studies/quickstart.yaml on the embedded defaults (SQLite +
 	$(BIN)/hpo study start studies/quickstart.yaml
 
 lint: install
-	$(BIN)/ruff check hpo tests benchmarks
-	$(BIN)/ruff format --check hpo tests benchmarks
+	$(BIN)/ruff check hpo tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check hpo tests $(wildcard benchmarks)
 	$(BIN)/mypy hpo
 
 test: install lint  ## the whole suite (GPU tests skip themselves without CUDA)
@@ -31,8 +31,8 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 format: install
-	$(BIN)/ruff format hpo tests benchmarks
-	$(BIN)/ruff check --fix hpo tests benchmarks
+	$(BIN)/ruff format hpo tests $(wildcard benchmarks)
+	$(BIN)/ruff check --fix hpo tests $(wildcard benchmarks)
 
 clean:
 	rm -rf $(VENV) hpo.db mlflow.db mlartifacts mlruns .pytest_cache .mypy_cache .ruff_cache
