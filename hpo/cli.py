@@ -189,6 +189,36 @@ def study_best(name: str, storage: str | None, as_json: bool) -> None:
         print_best(st)
 
 
+@study.command("compare")
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--no-log", is_flag=True, help="Only print; do not log the table to the parent run.")
+def study_compare(name: str, storage: str | None, tracking_uri: str | None, no_log: bool) -> None:
+    """Compare the model families a study tried (best trial of each)."""
+    from hpo.compare import family_table
+    from hpo.report import print_comparison
+    from hpo.study import PARENT_RUN_ATTR, TRACKING_URI_ATTR, load_study, log_family_comparison
+
+    st = load_study(name, _storage(storage))
+    frame = family_table(st)
+    if frame.empty:
+        raise HpoError(f"study '{name}' has no trial with a model family to compare")
+    print_comparison(frame, name)
+    parent = st.user_attrs.get(PARENT_RUN_ATTR)
+    if no_log or not parent:
+        return
+    from hpo.tracking.runs import StudyTracker
+
+    # The study remembers where it logged (unless the URI held a password, which is never stored).
+    stored = st.user_attrs.get(TRACKING_URI_ATTR)
+    known = stored if stored and "***" not in stored else None
+    tracker = StudyTracker(_tracking_uri(tracking_uri, known), name)
+    tracker.parent_run_id = parent
+    log_family_comparison(st, tracker)
+    click.echo(f"logged family_comparison.csv and .html to the parent run {parent}")
+
+
 @study.command("export")
 @click.argument("name")
 @click.option(

@@ -118,6 +118,7 @@ class Objective:
             tags={"hpo.device": str(self.device), "hpo.family": family},
         )
         trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+        trial.set_user_attr("family", family)
         try:
             return self._train_and_log(trial, run, family, train_params, family_params)
         except TrainingDiverged as exc:
@@ -174,7 +175,15 @@ class Objective:
         final["samples_per_second"] = result.samples_per_second
         final.update(_learned_activations(model))
         run.log_final(final)
-        for key in ("val_accuracy", "val_f1", "val_loss", "val_roc_auc", "n_params"):
+        # Kept with the trial too, so listings and family comparisons need no MLflow round trip.
+        for key in (
+            "val_accuracy",
+            "val_f1",
+            "val_loss",
+            "val_roc_auc",
+            "n_params",
+            "train_seconds",
+        ):
             trial.set_user_attr(key, final[key])
         run.log_plots(data.y_val, proba, data.classes, result.history)
         model_uri = run.log_model(model.cpu(), data.X_train[:5])

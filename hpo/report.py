@@ -12,6 +12,7 @@ from hpo.storage import mask_url
 
 if TYPE_CHECKING:
     import optuna
+    import pandas as pd
 
     from hpo.spec import StudySpec
     from hpo.study import StudyResult, StudySummary
@@ -49,6 +50,8 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
         console.print("no trial has completed yet")
     else:
         print_best(study)
+    if result.comparison is not None and not result.comparison.empty:
+        print_comparison(result.comparison, study.study_name)
     if result.test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.test_metrics.items()))
         console.print(f"held-out test split (best trial): {shown}")
@@ -199,3 +202,20 @@ def print_datasets() -> None:
         table.add_row(name, src.description, _fields_text(src.Options))
     table.add_row("(every source)", "split", "val_fraction=0.25, test_fraction=0.0, seed=0")
     console.print(table)
+
+
+def print_comparison(frame: pd.DataFrame, study_name: str) -> None:
+    """The per-family table of an architecture study."""
+    table = Table(title=f"{study_name}: model families (best trial of each)", title_justify="left")
+    for col in frame.columns:
+        table.add_column(col, justify="left" if col == "family" else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[_fmt(None if _missing(v) else v) for v in row])
+    console.print(table)
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(value is None or value != value)  # NaN and pandas' NA
+    except TypeError:
+        return True

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpo.errors import DataError, SpecError, StorageError
 from hpo.registry import did_you_mean
-from hpo.spec import StudySpec, data_options, diff_identity, spec_base_dir
+from hpo.spec import StudySpec, data_options, diff_identity, spec_base_dir, study_families
 from hpo.storage import mask_url, open_storage
 
 if TYPE_CHECKING:
@@ -48,6 +48,8 @@ class StudyResult:
     tracking_uri: str
     stopped_reason: str | None = None
     test_metrics: dict[str, float] = field(default_factory=dict)
+    #: Per-family comparison (studies that search ``family``), else None.
+    comparison: pd.DataFrame | None = None
 
 
 # -- samplers and pruners ----------------------------------------------------------------------
@@ -289,7 +291,21 @@ def run_study(
     result.stopped_reason = failures.reason
     if data.X_test is not None:
         result.test_metrics = evaluate_best_on_test(study, spec, data, tracker)
+    if len(study_families(spec)) > 1:
+        result.comparison = log_family_comparison(study, tracker)
     return result
+
+
+def log_family_comparison(study: optuna.Study, tracker: Any) -> pd.DataFrame:
+    """The per-family table, logged to the parent run as CSV and HTML; returned for printing."""
+    from hpo.compare import family_table, table_html
+
+    frame = family_table(study)
+    tracker.log_parent_text(frame.to_csv(index=False), "family_comparison.csv")
+    tracker.log_parent_text(
+        table_html(frame, f"{study.study_name}: model families"), "family_comparison.html"
+    )
+    return frame
 
 
 def _parent_params(spec: StudySpec) -> dict[str, Any]:

@@ -441,6 +441,13 @@ class StudyTracker:
         """Log metrics on the parent run."""
         self.log_parent(metrics=metrics, step=step)
 
+    def log_parent_text(self, text: str, artifact_file: str) -> None:
+        """Store ``text`` as an artifact of the parent run (a CSV or HTML summary, say)."""
+        if self.parent_run_id is None:
+            raise RuntimeError("ensure_parent_run() must be called first")
+        with _tracking_errors(f"logging {artifact_file}", self.tracking_uri):
+            self.client.log_text(self.parent_run_id, text, artifact_file)
+
     def log_to_run(
         self,
         run_id: str | None,
