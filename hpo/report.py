@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
     from hpo.spec import StudySpec
     from hpo.study import StudyResult, StudySummary
 
-console = Console(highlight=False, soft_wrap=True)
+# Rich assumes 80 columns when stdout is not a terminal (a log, CI, a pipe), which truncates wide
+# tables; such output has no width to respect, so give tables room.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def _fmt(value: Any) -> str:
