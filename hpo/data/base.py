@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
-from hpo.registry import Registry, did_you_mean
+from hpo.registry import Registry
+from hpo.schema import StrictModel
 
 if TYPE_CHECKING:
     # Only for the annotation: importing it for real would pull torch into every data import.
@@ -75,32 +75,9 @@ class Dataset:
         return int(np.prod(self.input_shape))
 
 
-class SourceOptions(BaseModel):
-    """Base of every source's ``Options``: unknown fields are refused with a did-you-mean hint.
-
-    The message matches the study file's other blocks, so ``data: {nmae: iris}`` reads
-    ``unknown field 'nmae' (did you mean 'name'?); allowed: name``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unknown_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = list(cls.model_fields)
-            for key in data:
-                if key not in cls.model_fields:
-                    raise PydanticCustomError(
-                        "unknown_field",
-                        "unknown field '{key}'{hint}; allowed: {allowed}",
-                        {
-                            "key": key,
-                            "hint": did_you_mean(str(key), known),
-                            "allowed": ", ".join(known),
-                        },
-                    )
-        return data
+class SourceOptions(StrictModel):
+    """Base of every source's ``Options``: unknown fields are refused with a did-you-mean hint,
+    like the study file's other blocks."""
 
 
 class DataSource(ABC):

@@ -8,8 +8,10 @@ out with :func:`learned_activation_params` so the tracking layer can log them pe
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from hpo.registry import Registry
@@ -57,3 +59,13 @@ def learned_activation_params(model: nn.Module) -> dict[str, float]:
             values[f"act{index}_k0"] = float(module.k0.detach().cpu())
             values[f"act{index}_k1"] = float(module.k1.detach().cpu())
     return values
+
+
+def _known_activation(value: str) -> str:
+    if value not in ACTIVATIONS:
+        raise ValueError(ACTIVATIONS.unknown_message(value))
+    return value
+
+
+#: A family hyperparameter naming a registered activation (validated with "did you mean").
+ActivationName = Annotated[str, AfterValidator(_known_activation)]

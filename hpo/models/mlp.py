@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from hpo.models.activations import ACTIVATIONS
+from hpo.models.activations import ACTIVATIONS, ActivationName
 from hpo.models.base import FAMILIES, ModelFamily
 
 
@@ -29,18 +29,11 @@ class MLPParams(BaseModel):
     #: Dropout probability after each hidden activation (0 = no Dropout layer).
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     #: Name of an activation in :data:`hpo.models.activations.ACTIVATIONS`.
-    activation: str = "relu"
+    activation: ActivationName = "relu"
     #: BatchNorm1d between each hidden Linear and its activation.
     batch_norm: bool = False
     #: Each next hidden layer is the previous one's width × this (rounded, at least 1).
     width_decay: float = Field(1.0, gt=0.0, le=1.0)
-
-    @field_validator("activation")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(ACTIVATIONS.unknown_message(value))
-        return value
 
 
 def hidden_widths(width: int, depth: int, width_decay: float) -> list[int]:

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from hpo.models.activations import ACTIVATIONS
+from hpo.models.activations import ACTIVATIONS, ActivationName
 from hpo.models.base import FAMILIES, ModelFamily, image_shape
 
 #: Stages of a CIFAR ResNet; channels double and the resolution halves from one to the next.
@@ -41,7 +41,7 @@ class ResNetParams(BaseModel):
     #: BatchNorm2d after every convolution (identities when false).
     batch_norm: bool = True
     #: Name of an activation in :data:`hpo.models.activations.ACTIVATIONS`.
-    activation: str = "relu"
+    activation: ActivationName = "relu"
 
     @field_validator("resnet_depth")
     @classmethod
@@ -50,13 +50,6 @@ class ResNetParams(BaseModel):
             raise ValueError(
                 f"resnet_depth must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, …), got {value}"
             )
-        return value
-
-    @field_validator("activation")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(ACTIVATIONS.unknown_message(value))
         return value
 
 

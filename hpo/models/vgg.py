@@ -22,7 +22,7 @@ from typing import ClassVar, Final, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from hpo.models.activations import ACTIVATIONS
+from hpo.models.activations import ACTIVATIONS, ActivationName
 from hpo.models.base import FAMILIES, ModelFamily, image_shape
 from hpo.registry import did_you_mean
 
@@ -74,7 +74,7 @@ class VGGParams(BaseModel):
     #: Dropout probability in the head, between its two Linear layers.
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     #: Name of an activation in :data:`hpo.models.activations.ACTIVATIONS`.
-    activation: str = "relu"
+    activation: ActivationName = "relu"
 
     @field_validator("vgg_config")
     @classmethod
@@ -85,13 +85,6 @@ class VGGParams(BaseModel):
                 f"unknown vgg_config '{value}'{did_you_mean(value, known)}; "
                 f"known: {', '.join(known)}"
             )
-        return value
-
-    @field_validator("activation")
-    @classmethod
-    def _known_activation(cls, value: str) -> str:
-        if value not in ACTIVATIONS:
-            raise ValueError(ACTIVATIONS.unknown_message(value))
         return value
 
 
