@@ -56,8 +56,8 @@ class Augmentation:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment the batch ``x`` (N×C×H×W), drawing every random number from ``generator``.
 
-        The generator may live on another device than ``x`` (the training loop uses a CPU one so
-        the batch order is the same everywhere): the few random numbers (two offsets and a flip per
+        The training loop passes a generator on the training device (so no host round trip per
+        batch); any other device works too: the few random numbers (two offsets and a flip per
         sample) are drawn on the generator's device and moved to ``x``'s.
         """
         import torch
