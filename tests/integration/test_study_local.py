@@ -147,6 +147,7 @@ def test_per_epoch_curves_and_final_metrics(ran: Ran) -> None:
 
 
 def test_plots_and_model_are_logged_and_the_model_predicts(ran: Ran) -> None:
+    import mlflow
     import mlflow.pytorch
     import torch
 
@@ -164,8 +165,14 @@ def test_plots_and_model_are_logged_and_the_model_predicts(ran: Ran) -> None:
 
     study = optuna.load_study(study_name="it-digits", storage=ran.storage)
     trial = study.trials[0]
+    # Load it the way a user would, through MLflow's own API; restore the global URI afterwards
+    # so later tests do not inherit this store.
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(ran.tracking)
-    model = mlflow.pytorch.load_model(trial.user_attrs["model_uri"])
+    try:
+        model = mlflow.pytorch.load_model(trial.user_attrs["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(previous)
     data = load_dataset(
         "sklearn", {"name": "digits"}, SplitOptions(val_fraction=0.25, test_fraction=0.2)
     )
