@@ -20,11 +20,20 @@ def default_threads(workers: int = 1) -> int:
     return max(1, cores // max(1, workers))
 
 
+#: Environment variable that sets the threads of every trial process, for containers: a container
+#: without a CPU limit sees all of the host's cores, so N replicas would each take all of them.
+ENV_THREADS = "HPO_THREADS"
+
+
 def configure_threads(threads: int | None = None, workers: int = 1) -> int:
-    """Set torch's intra-op thread count (``threads``, else the default share); return it."""
+    """Set torch's intra-op thread count; return it.
+
+    First of: ``threads`` (the study file's ``train.threads``), ``$HPO_THREADS``, the default share.
+    """
     import torch
 
-    n = threads or default_threads(workers)
+    env = os.environ.get(ENV_THREADS, "").strip()
+    n = threads or (int(env) if env.isdigit() and int(env) > 0 else 0) or default_threads(workers)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Start the MLflow tracking server with basic auth, its users kept in the same Postgres database as
+# the runs (auth tables carry their own alembic_version_auth, so they do not clash).
+#
+# MLflow reads the auth store's URL only from an ini file (MLFLOW_AUTH_CONFIG_PATH), not from the
+# environment, and that URL holds the database password: so the file is written here, at start,
+# from the environment, readable by this user only, instead of being committed or baked into the
+# image. The admin user and password come from MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD and are used
+# only the first time, to create the admin in an empty user store.
+set -eu
+
+: "${MLFLOW_BACKEND_STORE_URI:?MLFLOW_BACKEND_STORE_URI must be set}"
+
+umask 077
+config=$(mktemp -t mlflow-auth.XXXXXX.ini)
+cat >"$config" <<INI
+[mlflow]
+# Authenticated users without an explicit grant may read every experiment; writing needs a grant
+# (the creator of an experiment gets MANAGE on it) or the admin.
+default_permission = READ
+database_uri = ${MLFLOW_BACKEND_STORE_URI}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+export MLFLOW_AUTH_CONFIG_PATH="$config"
+
+exec mlflow server "$@"
