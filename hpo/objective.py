@@ -3,6 +3,12 @@
 The training loop knows nothing of Optuna or MLflow; this module connects them through two
 callbacks: pruning (``trial.report`` / ``should_prune`` per epoch) and tracking (per-epoch metrics).
 The MLflow run's status mirrors the trial's: COMPLETE → FINISHED, PRUNED → KILLED, FAIL → FAILED.
+
+A trial keeps training when the storage cannot take its writes: the database is unreachable for a
+moment, or another worker already failed the trial as stale (no heartbeat during an outage longer
+than the grace period). Its user attributes are kept in :attr:`Objective.attrs` as well, so the
+worker loop (:mod:`hpo.worker`) can write them later or file the result under a new trial: a
+live trial's result is never thrown away because of the storage.
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ if TYPE_CHECKING:
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 #: Trial user attribute holding the MLflow run id of the trial.
 RUN_ID_ATTR = "mlflow_run_id"
+#: What the storage raises when a write cannot be made: the trial was already finished by someone
+#: else (stale), or the database is unreachable (Optuna wraps SQLAlchemy's errors).
+STORAGE_WRITE_ERRORS: tuple[type[Exception], ...] = (
+    optuna.exceptions.UpdateFinishedTrialError,
+    optuna.exceptions.StorageInternalError,
+)
 
 
 def split_params(family: str, values: Mapping[str, Any]) -> tuple[TrainParams, Any]:
@@ -55,9 +67,15 @@ class _PruningCallback(Callback):
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
         value = metrics[self.metric]
-        if math.isfinite(value):
-            self.trial.report(value, step=epoch)
-        if self.trial.should_prune():
+        try:
+            if math.isfinite(value):
+                self.trial.report(value, step=epoch)
+            prune = self.trial.should_prune()
+        except STORAGE_WRITE_ERRORS:
+            # The storage is away or the trial was failed as stale: train on without a pruning
+            # decision for this epoch; the worker files the result when the trial ends.
+            return
+        if prune:
             raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.metric}={value:.4g})")
 
 
@@ -86,6 +104,18 @@ class Objective:
         self.metrics = spec.objective_metrics
         self.order = suggestion_order(spec.search)
         self.prune_metric = self._prune_metric()
+        #: User attributes of the current trial, also kept here (see the module docstring).
+        self.attrs: dict[str, Any] = {}
+        #: Names in :attr:`attrs` that the storage did not take.
+        self.unsaved: set[str] = set()
+
+    def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
+        """``trial.set_user_attr`` that survives a storage that cannot take the write."""
+        self.attrs[key] = value
+        try:
+            trial.set_user_attr(key, value)
+        except STORAGE_WRITE_ERRORS:
+            self.unsaved.add(key)
 
     def _prune_metric(self) -> str | None:
         """The per-epoch value reported for pruning (single-objective studies only)."""
@@ -101,6 +131,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         spec = self.spec
+        self.attrs, self.unsaved = {}, set()
         values = suggest(trial, spec.search, spec.fixed, self.order)
         family = str(values.get(FAMILY_PARAM, spec.model.family))
         train_params, family_params = split_params(family, values)
@@ -117,19 +148,19 @@ class Objective:
             logged,
             tags={"hpo.device": str(self.device), "hpo.family": family},
         )
-        trial.set_user_attr(RUN_ID_ATTR, run.run_id)
-        trial.set_user_attr("family", family)
+        self._set_attr(trial, RUN_ID_ATTR, run.run_id)
+        self._set_attr(trial, "family", family)
         try:
             return self._train_and_log(trial, run, family, train_params, family_params)
         except TrainingDiverged as exc:
             # A diverging learning rate is a property of the point in the search space, not a
             # crash: prune it with the reason and let the study go on.
             reason = str(exc)
-            trial.set_user_attr("pruned_reason", reason)
+            self._set_attr(trial, "pruned_reason", reason)
             run.end("PRUNED", reason)
             raise optuna.TrialPruned(reason) from None
         except optuna.TrialPruned as exc:
-            trial.set_user_attr("pruned_reason", str(exc) or "pruned")
+            self._set_attr(trial, "pruned_reason", str(exc) or "pruned")
             run.end("PRUNED")
             raise
         except BaseException as exc:  # also Ctrl-C: never leave the run RUNNING
@@ -138,7 +169,7 @@ class Objective:
                 if isinstance(exc, KeyboardInterrupt)
                 else f"{type(exc).__name__}: {exc}"
             )
-            trial.set_user_attr("error", error[:2000])
+            self._set_attr(trial, "error", error[:2000])
             run.end("FAIL", error)
             raise
 
@@ -184,10 +215,10 @@ class Objective:
             "n_params",
             "train_seconds",
         ):
-            trial.set_user_attr(key, final[key])
+            self._set_attr(trial, key, final[key])
         run.log_plots(data.y_val, proba, data.classes, result.history)
         model_uri = run.log_model(model.cpu(), data.X_train[:5])
-        trial.set_user_attr("model_uri", model_uri)
+        self._set_attr(trial, "model_uri", model_uri)
         values = [final[m] for m in self.metrics]
         bad = [m for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)]
         if bad:

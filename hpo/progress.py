@@ -42,6 +42,8 @@ class StudyProgress:
             transient=False,
         )
         self.task: TaskID | None = None
+        self._start_done = 0
+        self._last_done = -1
 
     def __enter__(self) -> StudyProgress:
         return self
@@ -57,11 +59,26 @@ class StudyProgress:
 
     def start(self, study: optuna.Study, todo: int) -> None:
         """Called once the study is open, with the number of trials this run will do."""
+        from hpo.study import finished_count
+
+        self._start_done = self._last_done = finished_count(study)
         if self.live:
             self.progress.start()
             self.task = self.progress.add_task(self.spec.name, total=todo, best="")
         elif self.lines:
             self.console.print(f"{self.spec.name}: running {todo} trials")
+
+    def update(self, study: optuna.Study) -> None:
+        """Poll the storage (``--workers``: the trials run in other processes)."""
+        from hpo.study import finished_count
+
+        done = finished_count(study)
+        best = _best_text(study, self.spec.objective_metrics)
+        if self.task is not None:
+            self.progress.update(self.task, completed=done - self._start_done, best=best)
+        elif self.lines and done != self._last_done:
+            self.console.print(f"{done}/{self.spec.trials} trials finished {best}", highlight=False)
+        self._last_done = done
 
     def on_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: advance the bar and show the best value so far."""

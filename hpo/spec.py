@@ -133,6 +133,30 @@ class PrunerSpec(StrictModel):
     reduction_factor: int = Field(3, ge=2)
 
 
+class HeartbeatSpec(StrictModel):
+    """``heartbeat:`` how a trial whose worker died is noticed and re-run (RDB storages only).
+
+    Every ``interval`` seconds a running trial's worker writes a heartbeat to the storage. A trial
+    without one for ``grace`` seconds is failed by the next worker that looks (before it starts a
+    trial, or while it waits for the last ones), its MLflow run is closed as FAILED, and it is
+    queued again with the same parameters, at most ``max_retries`` times. The journal storage has
+    no heartbeat: there a dead worker's trial stays RUNNING.
+    """
+
+    interval: int = Field(10, ge=1, le=3600)
+    grace: int = Field(30, ge=2, le=86_400)
+    max_retries: int = Field(2, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _grace_spans_beats(self) -> HeartbeatSpec:
+        if self.grace <= self.interval:
+            raise ValueError(
+                f"'grace' must be longer than 'interval' (a live trial would be failed between "
+                f"two heartbeats), got grace {self.grace} <= interval {self.interval}"
+            )
+        return self
+
+
 class StudySpec(StrictModel):
     """A whole study file."""
 
@@ -154,6 +178,7 @@ class StudySpec(StrictModel):
     timeout: float | None = Field(None, gt=0)
     storage: str | None = None
     tracking_uri: str | None = None
+    heartbeat: HeartbeatSpec = Field(default_factory=HeartbeatSpec)
 
     @model_validator(mode="after")
     def _objectives(self) -> StudySpec:

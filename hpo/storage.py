@@ -1,24 +1,45 @@
 """Storage URLs → Optuna storages.
 
-* ``sqlite:///hpo.db`` (the default, in the working directory): embedded, no set-up. A busy timeout
-  lets several local processes share it instead of failing with "database is locked".
+* ``sqlite:///hpo.db`` (the default, in the working directory): embedded, no set-up. Several local
+  processes share it without "database is locked": every write transaction starts with
+  ``BEGIN IMMEDIATE`` (it takes the write lock first, so two transactions can never deadlock on a
+  lock upgrade, the one case SQLite answers at once with "locked" instead of waiting) and waits
+  up to :data:`SQLITE_BUSY_TIMEOUT_S` for it.
 * ``postgresql+psycopg://user:pass@host/db`` (the team server): ``pool_pre_ping`` so a database
   restart costs a reconnect, not a crashed worker.
 * ``journal:path/to/file.log``: Optuna's append-only journal file, fastest for local parallel runs.
+
+RDB storages (SQLite, Postgres) get Optuna's heartbeat when asked (:func:`open_storage`'s
+``heartbeat``): a trial whose worker died is failed after the grace period and re-queued.
+
+:func:`study_lock` serialises the few steps that must happen once per study across processes
+(creating it and its parent run; checking the budget and claiming a trial): a Postgres advisory
+lock, or an exclusive ``flock`` on a file next to the SQLite database or journal.
 
 Passwords in URLs are masked wherever a URL is shown (:func:`mask_url`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import StorageError
 
 if TYPE_CHECKING:
+    import optuna
     from optuna.storages import BaseStorage
+
+    from hpo.spec import HeartbeatSpec
+
+StaleTrialCallback = Callable[["optuna.Study", "optuna.trial.FrozenTrial"], None]
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 ENV_STORAGE = "HPO_STORAGE"
@@ -41,8 +62,23 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def open_storage(url: str) -> BaseStorage:
-    """Open (and, on first use, initialise) the storage at ``url``; raise :class:`StorageError`."""
+def supports_heartbeat(url: str) -> bool:
+    """Whether Optuna's heartbeat works on this storage (RDB: SQLite, Postgres …; not journal)."""
+    return not url.startswith("journal:")
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat: HeartbeatSpec | None = None,
+    on_stale: StaleTrialCallback | None = None,
+) -> BaseStorage:
+    """Open (and, on first use, initialise) the storage at ``url``; raise :class:`StorageError`.
+
+    With ``heartbeat`` (RDB storages only; ignored for the journal), running trials record a
+    heartbeat every ``heartbeat.interval`` seconds and a trial silent for ``heartbeat.grace``
+    seconds is failed, then handed to ``on_stale`` (see :class:`hpo.worker.StaleTrialHandler`).
+    """
     import sqlalchemy.exc
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
@@ -65,11 +101,27 @@ def open_storage(url: str) -> BaseStorage:
         )
     engine_kwargs: dict[str, Any] = {}
     if scheme.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        # pysqlite opens a transaction right before the first write; "IMMEDIATE" makes that
+        # BEGIN IMMEDIATE, which waits (busy timeout) for the write lock instead of upgrading a
+        # read lock later, the deadlock SQLite reports at once as "database is locked".
+        engine_kwargs["connect_args"] = {
+            "timeout": SQLITE_BUSY_TIMEOUT_S,
+            "isolation_level": "IMMEDIATE",
+        }
     elif scheme.startswith("postgresql"):
         engine_kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    beat: dict[str, Any] = {}
+    if heartbeat is not None:
+        beat = {
+            "heartbeat_interval": heartbeat.interval,
+            "grace_period": heartbeat.grace,
+            "heartbeat_stale_trial_callback": on_stale,
+        }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings():
+            # heartbeat_interval is marked experimental; it is what we rely on, on purpose.
+            warnings.simplefilter("ignore")
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except sqlalchemy.exc.ArgumentError as exc:
         raise StorageError(f"storage: invalid URL '{shown}': {_first_line(exc)}") from None
     except sqlalchemy.exc.NoSuchModuleError:
@@ -82,3 +134,82 @@ def open_storage(url: str) -> BaseStorage:
         raise StorageError(f"storage: cannot connect to '{shown}': {_first_line(exc)}") from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StorageError(f"storage: '{shown}': {_first_line(exc)}") from None
+
+
+# -- one process at a time, per study ----------------------------------------------------------
+_LOCAL_LOCKS: dict[str, threading.Lock] = {}
+_LOCAL_LOCKS_GUARD = threading.Lock()
+_LOCK_ENGINES: dict[str, Any] = {}
+
+
+def _lock_key(name: str) -> int:
+    # pg_advisory_lock takes a signed 64-bit key; derive a stable one from the study name.
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def _lock_file(url: str) -> Path | None:
+    """The file to ``flock`` for a SQLite or journal storage (None: in-memory or a server)."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:").removeprefix("//") + ".lock")
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
+        if path and path != ":memory:":
+            return Path(path + ".lock")
+    return None
+
+
+@contextmanager
+def study_lock(url: str, name: str) -> Iterator[None]:
+    """Hold an exclusive, cross-process lock for study ``name`` in the storage at ``url``.
+
+    Postgres: a session advisory lock on its own connection; SQLite and journal files: ``flock``
+    on ``<file>.lock``. Both are released by the operating system or the server if the process
+    dies, so a killed worker never leaves the study locked. Other databases get a lock within
+    this process only (their workers may then overshoot the budget by up to one trial each).
+    """
+    scheme = url.split(":", 1)[0]
+    if scheme.startswith("postgresql"):
+        with _postgres_lock(url, _lock_key(name)):
+            yield
+        return
+    path = _lock_file(url)
+    if path is not None:
+        import fcntl
+
+        try:
+            handle = open(path, "a+b")  # noqa: SIM115 - closed below, after the lock
+        except OSError as exc:
+            raise StorageError(f"storage: cannot create the lock file '{path}': {exc}") from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    with _LOCAL_LOCKS_GUARD:
+        lock = _LOCAL_LOCKS.setdefault(f"{url}#{name}", threading.Lock())
+    with lock:
+        yield
+
+
+@contextmanager
+def _postgres_lock(url: str, key: int) -> Iterator[None]:
+    import sqlalchemy
+
+    engine = _LOCK_ENGINES.get(url)
+    if engine is None:
+        # A pool of its own: the lock's connection is never one Optuna is using for a
+        # transaction, and pre-ping replaces connections a database restart has closed.
+        engine = sqlalchemy.create_engine(
+            url, pool_pre_ping=True, pool_size=1, connect_args={"connect_timeout": 10}
+        )
+        _LOCK_ENGINES[url] = engine
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            connection.commit()

@@ -5,6 +5,10 @@ checked *before* the study or any run is created, so a mistake never leaves half
 The spec's identity hash and the parent MLflow run id live in the study's user attributes: every
 process that runs the study nests its trial runs under that one parent, and a study file whose
 search space or data changed is refused instead of silently mixing incomparable trials.
+
+Any number of processes may start the same study at the same moment: creating the study, its
+attributes and its parent run happens under :func:`hpo.storage.study_lock`, so exactly one of
+them creates and the others load. How the trials are shared out is :mod:`hpo.worker`'s job.
 """
 
 from __future__ import annotations
@@ -13,21 +17,35 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import DataError, SpecError, StorageError
 from hpo.registry import did_you_mean
-from hpo.spec import StudySpec, data_options, diff_identity, spec_base_dir, study_families
-from hpo.storage import mask_url, open_storage
+from hpo.spec import (
+    HeartbeatSpec,
+    StudySpec,
+    data_options,
+    diff_identity,
+    parse_spec,
+    spec_base_dir,
+    study_families,
+)
+from hpo.storage import mask_url, open_storage, study_lock, supports_heartbeat
 
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
+    from optuna.storages import BaseStorage
 
     from hpo.data.base import Dataset
+    from hpo.tracking.runs import StudyTracker
 
 SPEC_HASH_ATTR = "hpo.spec_hash"
 SPEC_ATTR = "hpo.spec"
+#: The whole study file (as JSON) and its directory: what ``hpo worker --study NAME`` runs.
+SPEC_FILE_ATTR = "hpo.spec_file"
+SPEC_DIR_ATTR = "hpo.spec_dir"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 TRACKING_URI_ATTR = "mlflow_tracking_uri"
 #: A study stops after this many trials in a row fail (not pruned): something is systematically
@@ -133,13 +151,21 @@ def load_study(name: str, storage_url: str) -> optuna.Study:
 
 
 def open_study(
-    spec: StudySpec, storage_url: str, *, source: str, force: bool = False
+    spec: StudySpec,
+    storage_url: str,
+    *,
+    source: str,
+    force: bool = False,
+    storage: BaseStorage | None = None,
 ) -> optuna.Study:
-    """Create the study, or load it and check that the spec has not drifted."""
+    """Create the study, or load it and check that the spec has not drifted.
+
+    Not race-free on its own: :func:`start_session` calls it under the study lock.
+    """
     import optuna
 
     _quiet_optuna()
-    storage = open_storage(storage_url)
+    storage = storage or open_storage(storage_url)
     study = optuna.create_study(
         storage=storage,
         sampler=make_sampler(spec),
@@ -173,15 +199,88 @@ def open_study(
             f"{source}: study '{spec.name}' optimises {[d.name.lower() for d in study.directions]}, "
             f"the file says {spec.objective_directions}"
         )
+    # The current file, for workers started with --study NAME (budget and timeout may change).
+    dump = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    if attrs.get(SPEC_FILE_ATTR) != dump:
+        study.set_user_attr(SPEC_FILE_ATTR, dump)
+        base = spec_base_dir(spec)
+        study.set_user_attr(SPEC_DIR_ATTR, str(base.absolute()) if base else None)
     return study
 
 
-def finished_count(study: optuna.Study) -> int:
-    """Trials that count against the budget: complete, pruned or failed."""
-    from optuna.trial import TrialState
+def stored_spec(study: optuna.Study) -> StudySpec:
+    """The study file a study was last started with (for ``hpo worker --study NAME``)."""
+    text = study.user_attrs.get(SPEC_FILE_ATTR)
+    if not text:
+        raise SpecError(
+            f"study '{study.study_name}' holds no study file (it was not created by this "
+            "version of hpo); start the worker with the study FILE instead"
+        )
+    base = study.user_attrs.get(SPEC_DIR_ATTR)
+    return parse_spec(
+        text, source=f"study '{study.study_name}'", base_dir=Path(base) if base else None
+    )
 
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return len(study.get_trials(deepcopy=False, states=states))
+
+def finished_count(study: optuna.Study) -> int:
+    """Finished trials that count against the budget: complete, pruned, and failed unless
+    re-queued as a retry or replaced by a recovered result (see :mod:`hpo.worker`)."""
+    from hpo.worker import budget_usage
+
+    used, running = budget_usage(study)
+    return used - running
+
+
+@dataclass
+class Session:
+    """An open study and its MLflow side, ready to run trials in this process."""
+
+    study: optuna.Study
+    tracker: StudyTracker
+    parent_run_id: str
+    #: The heartbeat in force (None: the storage has none, e.g. journal).
+    heartbeat: HeartbeatSpec | None
+
+
+def start_session(
+    spec: StudySpec,
+    *,
+    source: str,
+    storage_url: str,
+    tracking_uri: str,
+    force: bool = False,
+) -> Session:
+    """Open (or create, once) the study and its parent run, race-free across processes.
+
+    Under :func:`hpo.storage.study_lock`, the tracking store is checked, the study is created or
+    loaded and checked, and the parent run created or reopened: of N processes that
+    start a new study at the same moment, one creates both and the others find them.
+    """
+    from hpo.tracking.runs import StudyTracker
+    from hpo.worker import StaleTrialHandler
+
+    tracker = StudyTracker(tracking_uri, spec.name)
+    heartbeat = spec.heartbeat if supports_heartbeat(storage_url) else None
+    handler = StaleTrialHandler(spec.heartbeat, tracker)
+    with study_lock(storage_url, spec.name):
+        # Under the lock too: opening a new SQLite tracking store creates its tables, which
+        # several processes doing at once fail at ("table experiments already exists").
+        tracker.check_connection()
+        storage = open_storage(storage_url, heartbeat=heartbeat, on_stale=handler)
+        study = open_study(spec, storage_url, source=source, force=force, storage=storage)
+        parent_id = tracker.ensure_parent_run(
+            study.user_attrs.get(PARENT_RUN_ATTR),
+            tags={
+                "hpo.study": spec.name,
+                "hpo.spec_hash": spec.identity_hash(),
+                "hpo.storage": mask_url(storage_url),
+            },
+            params=_parent_params(spec),
+        )
+        if study.user_attrs.get(PARENT_RUN_ATTR) != parent_id:
+            study.set_user_attr(PARENT_RUN_ATTR, parent_id)
+            study.set_user_attr(TRACKING_URI_ATTR, mask_url(tracking_uri))
+    return Session(study, tracker, parent_id, heartbeat)
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -229,71 +328,163 @@ def run_study(
     force: bool = False,
     callbacks: Sequence[TrialCallback] = (),
     on_start: Callable[[optuna.Study, int], None] | None = None,
+    local_workers: int = 1,
 ) -> StudyResult:
-    """Run (or resume) the study until its budget is met, ``n_trials`` more ran, or time is up.
+    """Run (or resume) the study in this process until its budget is met, ``n_trials`` more
+    ran, or time is up.
 
-    ``spec.trials`` is the study's total budget: a resumed study runs what is left of it.
-    ``n_trials`` runs that many more, whatever the budget.
+    ``spec.trials`` is the study's total budget, shared by every process that runs the study
+    (see :mod:`hpo.worker` for how it is counted): a resumed study runs what is left of it.
+    ``n_trials`` runs that many more in this process, whatever the budget. ``local_workers``:
+    how many trial processes share this machine's cores (each takes its share).
     """
     from hpo.objective import Objective
-    from hpo.tracking.runs import StudyTracker
     from hpo.training.device import resolve_device
     from hpo.training.threads import configure_threads
+    from hpo.worker import TrialLoop, budget_usage
 
     # 1. everything the user can get wrong, before anything is created
     data = prepare_data(spec, source)
     device = resolve_device(spec.train.device)
-    configure_threads(spec.train.threads)
-    tracker = StudyTracker(tracking_uri, spec.name)
-    tracker.check_connection()
-    study = open_study(spec, storage_url, source=source, force=force)
-
-    # 2. the parent run, shared by every process of the study
-    parent_id = tracker.ensure_parent_run(
-        study.user_attrs.get(PARENT_RUN_ATTR),
-        tags={
-            "hpo.study": spec.name,
-            "hpo.spec_hash": spec.identity_hash(),
-            "hpo.storage": mask_url(storage_url),
-        },
-        params=_parent_params(spec),
+    configure_threads(spec.train.threads, workers=local_workers)
+    # 2. the study and the parent run, shared by every process of the study
+    session = start_session(
+        spec, source=source, storage_url=storage_url, tracking_uri=tracking_uri, force=force
     )
-    if study.user_attrs.get(PARENT_RUN_ATTR) != parent_id:
-        study.set_user_attr(PARENT_RUN_ATTR, parent_id)
-        study.set_user_attr(TRACKING_URI_ATTR, mask_url(tracking_uri))
+    study, tracker = session.study, session.tracker
+    result = StudyResult(study, 0, session.parent_run_id, tracker.experiment_id, tracking_uri)
 
     # 3. the budget
-    todo = n_trials if n_trials is not None else spec.trials - finished_count(study)
-    result = StudyResult(study, 0, parent_id, tracker.experiment_id, tracking_uri)
-    if todo <= 0:
+    used, running = budget_usage(study)
+    todo = n_trials if n_trials is not None else spec.trials - used
+    if todo <= 0 and not (running and session.heartbeat):
         result.stopped_reason = (
-            f"the study already has {finished_count(study)} of its {spec.trials} trials; "
+            f"the study already has {used - running} of its {spec.trials} trials; "
             "use --n-trials N to add more"
         )
+        _end_parent(study, spec, tracker)
         return result
 
     failures = _FailureGuard()
     if on_start is not None:
-        on_start(study, todo)
-    objective = Objective(spec, data, device, tracker)
-    before = len(study.trials)
+        on_start(study, max(todo, 0))
+    loop = TrialLoop(
+        study,
+        Objective(spec, data, device, tracker),
+        storage_url,
+        budget=None if n_trials is not None else spec.trials,
+        n_trials=n_trials,
+        timeout=timeout if timeout is not None else spec.timeout,
+        heartbeat_interval=session.heartbeat.interval if session.heartbeat else None,
+        callbacks=[*callbacks, failures, _ParentSummary(tracker, spec)],
+        should_stop=lambda: failures.reason is not None,
+        on_recovered=lambda old, new, attrs: _mark_recovered(tracker, old, new, attrs),
+    )
     try:
-        study.optimize(
-            objective,
-            n_trials=todo,
-            timeout=timeout if timeout is not None else spec.timeout,
-            catch=(Exception,),
-            callbacks=[*callbacks, failures, _ParentSummary(tracker, spec)],
-        )
+        loop.run()
     finally:
-        result.ran = len(study.trials) - before
-        tracker.end_parent_run("FINISHED" if finished_count(study) >= spec.trials else "RUNNING")
+        result.ran = loop.ran
+        _end_parent(study, spec, tracker)
     result.stopped_reason = failures.reason
-    if data.X_test is not None:
-        result.test_metrics = evaluate_best_on_test(study, spec, data, tracker)
-    if len(study_families(spec)) > 1:
-        result.comparison = log_family_comparison(study, tracker)
+    # 4. once per study, whichever process gets here first (the others reuse its numbers)
+    with study_lock(storage_url, spec.name):
+        if data.X_test is not None:
+            result.test_metrics = evaluate_best_on_test(study, spec, data, tracker)
+        if len(study_families(spec)) > 1:
+            result.comparison = log_family_comparison(study, tracker)
     return result
+
+
+def run_local_workers(
+    spec: StudySpec,
+    file: Path,
+    workers: int,
+    *,
+    storage_url: str,
+    tracking_uri: str,
+    timeout: float | None = None,
+    force: bool = False,
+    extra_args: Sequence[str] = (),
+    on_start: Callable[[optuna.Study, int], None] | None = None,
+    on_poll: Callable[[optuna.Study], None] | None = None,
+) -> StudyResult:
+    """Run the study in ``workers`` local ``hpo worker`` processes (``hpo study start --workers``).
+
+    This process checks everything and creates the study and its parent run once, then starts
+    the workers, each with its share of the cores, and calls ``on_poll`` about every second
+    while they run. A worker that fails makes this a :class:`~hpo.errors.HpoError` that shows
+    the end of its error output.
+    """
+    from hpo.errors import HpoError
+    from hpo.training.device import resolve_device
+    from hpo.worker import budget_usage, spawn_workers, wait_for_workers
+
+    data = prepare_data(spec, str(file))
+    resolve_device(spec.train.device)
+    session = start_session(
+        spec, source=str(file), storage_url=storage_url, tracking_uri=tracking_uri, force=force
+    )
+    study, tracker = session.study, session.tracker
+    result = StudyResult(study, 0, session.parent_run_id, tracker.experiment_id, tracking_uri)
+    used, running = budget_usage(study)
+    if used >= spec.trials and not running:
+        result.stopped_reason = (
+            f"the study already has {used} of its {spec.trials} trials; raise 'trials' to add more"
+        )
+        _end_parent(study, spec, tracker)
+        return result
+    before = finished_count(study)
+    if on_start is not None:
+        on_start(study, spec.trials - before)
+    procs = spawn_workers(
+        workers,
+        str(file),
+        storage_url=storage_url,
+        tracking_uri=tracking_uri,
+        study_name=spec.name,
+        timeout=timeout,
+        force=force,
+        extra=extra_args,
+    )
+    failed = wait_for_workers(procs, poll=(lambda: on_poll(study)) if on_poll else None)
+    result.ran = finished_count(study) - before
+    if failed:
+        codes = ", ".join(str(w.process.returncode) for w in failed)
+        said = failed[-1].tail()
+        message = f"{len(failed)} of {workers} workers failed (exit {codes})"
+        if finished_count(study) < spec.trials or budget_usage(study)[1]:
+            raise HpoError(f"{message}; the last one said:\n{said}" if said else message)
+        # The others re-ran its trial (heartbeat) and met the budget: report, do not fail.
+        result.stopped_reason = f"{message}; the other workers completed the study"
+    _end_parent(study, spec, tracker)
+    # The workers did these once; here they are read back (cached in the study) for printing.
+    with study_lock(storage_url, spec.name):
+        if data.X_test is not None:
+            result.test_metrics = evaluate_best_on_test(study, spec, data, tracker)
+        if len(study_families(spec)) > 1:
+            from hpo.compare import family_table
+
+            result.comparison = family_table(study)
+    return result
+
+
+def _end_parent(study: optuna.Study, spec: StudySpec, tracker: Any) -> None:
+    # The parent run stays RUNNING while the budget is not met (another run resumes it).
+    tracker.end_parent_run("FINISHED" if finished_count(study) >= spec.trials else "RUNNING")
+
+
+def _mark_recovered(
+    tracker: Any,
+    old: optuna.trial.FrozenTrial,
+    new: optuna.trial.FrozenTrial,
+    attrs: dict[str, Any],
+) -> None:
+    from hpo.objective import RUN_ID_ATTR
+    from hpo.worker import mark_run_recovered
+
+    run_id = attrs.get(RUN_ID_ATTR)
+    if run_id:
+        mark_run_recovered(tracker, run_id, old.number, new)
 
 
 def log_family_comparison(study: optuna.Study, tracker: Any) -> pd.DataFrame:
@@ -328,7 +519,8 @@ def _parent_params(spec: StudySpec) -> dict[str, Any]:
 
 
 class _FailureGuard:
-    """Stops the study after :data:`MAX_CONSECUTIVE_FAILURES` failed trials in a row."""
+    """Stops this process after :data:`MAX_CONSECUTIVE_FAILURES` failed trials in a row (the
+    trial loop checks :attr:`reason`)."""
 
     def __init__(self) -> None:
         self.streak = 0
@@ -344,7 +536,6 @@ class _FailureGuard:
         if self.streak >= MAX_CONSECUTIVE_FAILURES:
             error = trial.user_attrs.get("error", "unknown error")
             self.reason = f"stopped after {self.streak} failed trials in a row; last error: {error}"
-            study.stop()
 
 
 class _ParentSummary:

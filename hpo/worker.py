@@ -1,0 +1,508 @@
+"""Workers: many processes, one study, one budget.
+
+Every process that runs trials (``hpo study start``, ``hpo worker``, each of the K processes of
+``hpo study start --workers K``) runs :func:`run_trials`, a loop much like ``Study.optimize`` with
+three differences that matter when several processes share a study:
+
+* **One budget.** The study file's ``trials`` is the total across all workers. Before each trial,
+  under a cross-process lock (:func:`hpo.storage.study_lock`), the worker counts what the budget
+  already holds (:func:`budget_usage`) and asks for a trial only if there is room: a 40-trial
+  study run by 4 workers ends with 40 trials, not 160, and not 41.
+* **Dead workers.** On RDB storages a running trial writes a heartbeat; a trial silent for the
+  grace period is failed by the next worker that looks (:class:`StaleTrialHandler`): its MLflow
+  run is closed as FAILED and the trial is queued again with the same parameters. A worker that
+  finds the budget full but trials still running waits for them, so that someone is there to
+  re-run a trial whose worker died.
+* **Live trials keep their result.** Optuna's own heartbeat thread dies with the first failed
+  write, so an outage longer than the grace period gets a live trial failed by another worker
+  once the database is back. Here the heartbeat retries through outages, the objective trains
+  on when its trial's writes are refused, and a result for a trial that was failed meanwhile is
+  filed under that trial's queued retry (or a new trial with the same parameters): see
+  :func:`recover_result`.
+
+What counts against the budget: COMPLETE, PRUNED and RUNNING trials, and FAIL trials that were
+not replaced. A failed trial is replaced when it was queued again (a heartbeat retry) or its
+result was recovered: the replacement counts instead. Queued (WAITING) trials count once they
+run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.errors import StorageError
+from hpo.storage import study_lock
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+    from hpo.spec import HeartbeatSpec
+    from hpo.tracking.runs import StudyTracker
+
+#: Optuna's system attributes of a retried trial (``RetryHeartbeatStaleTrialCallback``'s names,
+#: so ``retried_trial_number`` and ``retry_history`` work on our retries too).
+FAILED_TRIAL_ATTR = "failed_trial"
+RETRY_HISTORY_ATTR = "retry_history"
+#: System attribute of a trial that holds the result of a live trial failed as stale.
+RECOVERED_FROM_ATTR = "hpo.recovered_from"
+#: Trial user attribute naming the worker that ran it (``host:pid``).
+WORKER_ATTR = "worker"
+#: How long a worker keeps retrying the storage while it is unreachable before giving up.
+STORAGE_OUTAGE_SECONDS = 600.0
+#: How often a worker that waits for other workers' last trials looks at the study.
+WAIT_POLL_SECONDS = 1.0
+
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class TrialObjective(Protocol):
+    """What :func:`run_trials` needs of an objective (see :class:`hpo.objective.Objective`)."""
+
+    #: The current trial's user attributes, and which of them the storage did not take.
+    attrs: dict[str, Any]
+    unsaved: set[str]
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]: ...
+
+
+# -- the budget --------------------------------------------------------------------------------
+def budget_usage(study: optuna.Study) -> tuple[int, int]:
+    """``(used, running)``: trials that count against the budget, and how many of them run.
+
+    Used: COMPLETE, PRUNED, RUNNING, and FAIL unless replaced by a retry or a recovered result.
+    """
+    trials = study.get_trials(deepcopy=False)
+    replaced: set[int] = set()
+    for t in trials:
+        replaced.update(t.system_attrs.get(RETRY_HISTORY_ATTR, ()))
+        if RECOVERED_FROM_ATTR in t.system_attrs:
+            replaced.add(int(t.system_attrs[RECOVERED_FROM_ATTR]))
+    used = running = 0
+    for t in trials:
+        running += t.state == TrialState.RUNNING
+        counted = t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+        used += counted or (t.state == TrialState.FAIL and t.number not in replaced)
+    return used, running
+
+
+# -- dead workers ------------------------------------------------------------------------------
+class StaleTrialHandler:
+    """The storage's stale-trial callback: close the dead trial's run, queue the trial again.
+
+    ``tracker`` may be set after the storage is created (the storage needs the callback first).
+    Retries follow Optuna's ``RetryHeartbeatStaleTrialCallback`` (same system attributes), but
+    start without the dead trial's user attributes: its run id and partial metrics belong to the
+    run that was closed, not to the retry.
+    """
+
+    def __init__(self, heartbeat: HeartbeatSpec, tracker: StudyTracker | None = None) -> None:
+        self.max_retries = heartbeat.max_retries
+        self.grace = heartbeat.grace
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        from hpo.objective import RUN_ID_ATTR
+
+        run_id = trial.user_attrs.get(RUN_ID_ATTR)
+        if self.tracker is not None and run_id:
+            try:
+                close_stale_run(
+                    self.tracker, run_id, f"worker died (no heartbeat for {self.grace}s)"
+                )
+            except Exception as exc:  # the retry matters more than the run's status
+                _warn(f"could not close the run {run_id} of stale trial {trial.number}: {exc}")
+        history = [*trial.system_attrs.get(RETRY_HISTORY_ATTR, ()), trial.number]
+        if len(history) > self.max_retries:
+            return
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=trial.params,
+                distributions=trial.distributions,
+                system_attrs={
+                    **trial.system_attrs,
+                    FAILED_TRIAL_ATTR: trial.system_attrs.get(FAILED_TRIAL_ATTR, trial.number),
+                    RETRY_HISTORY_ATTR: history,
+                },
+            )
+        )
+
+
+def close_stale_run(tracker: StudyTracker, run_id: str, error: str) -> None:
+    """End a stale trial's MLflow run as FAILED with ``error`` if it is still RUNNING.
+
+    A run that already ended (its worker was alive after all and finished it) is left alone.
+    """
+    if tracker.client.get_run(run_id).info.status != "RUNNING":
+        return
+    tracker.log_to_run(run_id, tags={"hpo.state": "FAIL", "hpo.error": error})
+    tracker._terminate(run_id, "FAILED")
+
+
+def mark_run_recovered(tracker: StudyTracker, run_id: str, old: int, new: FrozenTrial) -> None:
+    """Point a recovered trial's run at the trial that now holds its result."""
+    from hpo.tracking.runs import RUN_STATUS
+
+    state = new.state.name
+    tracker.log_to_run(
+        run_id,
+        tags={"hpo.trial": str(new.number), "hpo.state": state, RECOVERED_FROM_ATTR: str(old)},
+    )
+    run = tracker.client.get_run(run_id)
+    if "hpo.error" in run.data.tags:
+        tracker.client.delete_tag(run_id, "hpo.error")  # the "worker died" verdict was wrong
+    tracker._terminate(run_id, RUN_STATUS[state])
+
+
+class _Heartbeat:
+    """A heartbeat thread that, unlike Optuna's, survives failed writes (a database outage).
+
+    It beats at once, then every ``interval`` seconds; after a failed write it tries again every
+    second, so the trial is alive in the storage again as soon as the database is back.
+    """
+
+    def __init__(self, storage: BaseStorage, trial_id: int, interval: int | None) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self.interval is not None:
+            self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        assert self.interval is not None
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)  # type: ignore[attr-defined]
+                wait = float(self.interval)
+            except Exception:
+                wait = min(1.0, float(self.interval))
+            if self._stop.wait(wait):
+                return
+
+
+# -- the storage, through outages --------------------------------------------------------------
+def _is_outage(exc: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    return isinstance(exc, optuna.exceptions.StorageInternalError | sqlalchemy.exc.OperationalError)
+
+
+def _through_outage(what: str, fn: Callable[[], Any], limit: float = STORAGE_OUTAGE_SECONDS) -> Any:
+    """Call ``fn``, retrying with back-off while the database is unreachable (up to ``limit``)."""
+    start = time.monotonic()
+    delay = 0.5
+    warned = False
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not _is_outage(exc):
+                raise
+            if time.monotonic() - start > limit:
+                raise StorageError(
+                    f"storage: unreachable for {limit:.0f}s while {what}: {exc}"
+                ) from None
+            if not warned:
+                _warn(f"storage unreachable while {what}; retrying ({type(exc).__name__})")
+                warned = True
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _warn(message: str) -> None:
+    print(f"hpo worker {os.getpid()}: {message}", file=sys.stderr, flush=True)
+
+
+# -- a live trial's result ---------------------------------------------------------------------
+def recover_result(
+    study: optuna.Study,
+    storage_url: str,
+    failed: FrozenTrial,
+    state: TrialState,
+    values: Sequence[float] | None,
+    attrs: dict[str, Any],
+) -> FrozenTrial:
+    """File the result of a live trial that another worker failed as stale; return its trial.
+
+    The result goes to the trial's queued retry if no worker has started it yet (so the budget
+    stays exact), else to a new trial with the same parameters (the retry then runs as well: one
+    trial more than the budget, the price of not losing a result).
+    """
+    storage = study._storage
+    values = list(values) if state == TrialState.COMPLETE and values is not None else None
+    with study_lock(storage_url, study.study_name):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            history = t.system_attrs.get(RETRY_HISTORY_ATTR, [])
+            # WAITING → RUNNING succeeds for one caller only: it claims the retry atomically.
+            if (
+                history
+                and history[-1] == failed.number
+                and storage.set_trial_state_values(t._trial_id, TrialState.RUNNING)
+            ):
+                for key, value in attrs.items():
+                    storage.set_trial_user_attr(t._trial_id, key, value)
+                storage.set_trial_system_attr(t._trial_id, RECOVERED_FROM_ATTR, failed.number)
+                for step, value in failed.intermediate_values.items():
+                    storage.set_trial_intermediate_value(t._trial_id, step, value)
+                storage.set_trial_state_values(t._trial_id, state, values)
+                return storage.get_trial(t._trial_id)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                values=values,
+                params=failed.params,
+                distributions=failed.distributions,
+                user_attrs=attrs,
+                system_attrs={RECOVERED_FROM_ATTR: failed.number},
+                intermediate_values=failed.intermediate_values,
+            )
+        )
+        mine = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.system_attrs.get(RECOVERED_FROM_ATTR) == failed.number
+        ]
+        return mine[-1]
+
+
+# -- the loop ----------------------------------------------------------------------------------
+@contextmanager
+def _as_in_optimize(study: optuna.Study) -> Iterator[None]:
+    # Samplers end a study with study.stop() (the grid sampler once its grid is covered), which
+    # Optuna allows only inside optimize(); ask() warns about the heartbeat outside it. This
+    # loop is our optimize(): set the same two private flags optimize() sets.
+    local = study._thread_local
+    was = local.in_optimize_loop
+    local.in_optimize_loop = True
+    study._stop_flag = False
+    try:
+        yield
+    finally:
+        local.in_optimize_loop = was
+
+
+@dataclass
+class TrialLoop:
+    """Runs trials of one study in this process until the budget, ``n_trials`` or time is up.
+
+    ``budget``: the study's total (None: no limit, e.g. with ``n_trials``). ``heartbeat_interval``:
+    None where the storage has no heartbeat; it also decides whether a worker waits for other
+    workers' running trials once the budget is full (only a heartbeat can tell a dead one).
+    """
+
+    study: optuna.Study
+    objective: TrialObjective
+    storage_url: str
+    budget: int | None
+    n_trials: int | None = None
+    timeout: float | None = None
+    heartbeat_interval: int | None = None
+    callbacks: Sequence[TrialCallback] = ()
+    should_stop: Callable[[], bool] = lambda: False
+    on_recovered: Callable[[FrozenTrial, FrozenTrial, dict[str, Any]], None] | None = None
+    ran: int = 0
+
+    def run(self) -> int:
+        """Run the loop; return how many trials this process ran."""
+        start = time.monotonic()
+        with _as_in_optimize(self.study):
+            while not self.should_stop() and not self.study._stop_flag:
+                if self.timeout is not None and time.monotonic() - start >= self.timeout:
+                    break
+                if self.n_trials is not None and self.ran >= self.n_trials:
+                    break
+                if self.heartbeat_interval is not None:
+                    _through_outage("failing stale trials", self._fail_stale)
+                trial, running = _through_outage("asking for a trial", self._claim)
+                if trial is None:
+                    if running and self.heartbeat_interval is not None:
+                        time.sleep(WAIT_POLL_SECONDS)  # someone may die and need a retry
+                        continue
+                    break
+                frozen = self._run_one(trial)
+                self.ran += 1
+                for callback in self.callbacks:
+                    callback(self.study, frozen)
+        return self.ran
+
+    def _fail_stale(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fail_stale_trials is marked experimental
+            optuna.storages.fail_stale_trials(self.study)
+
+    def _claim(self) -> tuple[optuna.Trial | None, int]:
+        """Under the study lock: a new trial if the budget has room, and how many run."""
+        with study_lock(self.storage_url, self.study.study_name):
+            if self.budget is None:
+                return self.study.ask(), 0
+            used, running = budget_usage(self.study)
+            if used >= self.budget:
+                return None, running
+            return self.study.ask(), running
+
+    def _run_one(self, trial: optuna.Trial) -> FrozenTrial:
+        storage = self.study._storage
+        # Which process runs it: what to look for when a trial is failed as stale.
+        _through_outage(
+            "starting a trial",
+            lambda: trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}"),
+        )
+        values: float | list[float] | None = None
+        state = TrialState.FAIL
+        with _Heartbeat(storage, trial._trial_id, self.heartbeat_interval):
+            try:
+                values = self.objective(trial)
+                state = TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = TrialState.PRUNED
+            except Exception as exc:
+                # The objective recorded the error on the trial and its run; the study goes on
+                # (a streak of failures is stopped by the caller's guard).
+                if _is_outage(exc):
+                    _warn(f"trial {trial.number} failed: storage unreachable: {exc}")
+            except KeyboardInterrupt:
+                self._finish(trial, TrialState.FAIL, None)
+                raise
+        return self._finish(trial, state, values)
+
+    def _finish(
+        self, trial: optuna.Trial, state: TrialState, values: float | list[float] | None
+    ) -> FrozenTrial:
+        storage = self.study._storage
+        listed = None if values is None else ([values] if isinstance(values, float) else values)
+
+        def tell() -> FrozenTrial:
+            for key in sorted(self.objective.unsaved):
+                current = storage.get_trial(trial._trial_id)
+                if current.state.is_finished():
+                    break
+                storage.set_trial_user_attr(trial._trial_id, key, self.objective.attrs[key])
+            self.objective.unsaved.clear()
+            current = storage.get_trial(trial._trial_id)
+            if not current.state.is_finished():
+                try:
+                    if state == TrialState.COMPLETE:
+                        return self.study.tell(trial, listed)
+                    return self.study.tell(trial, state=state)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    current = storage.get_trial(trial._trial_id)  # failed as stale meanwhile
+            if current.state == TrialState.FAIL and state != TrialState.FAIL:
+                new = recover_result(
+                    self.study, self.storage_url, current, state, listed, dict(self.objective.attrs)
+                )
+                _warn(
+                    f"trial {current.number} was failed as stale while it ran; its result is "
+                    f"kept as trial {new.number}"
+                )
+                if self.on_recovered is not None:
+                    self.on_recovered(current, new, dict(self.objective.attrs))
+                return new
+            return current
+
+        frozen: FrozenTrial = _through_outage(f"recording trial {trial.number}", tell)
+        return frozen
+
+
+# -- local worker processes --------------------------------------------------------------------
+@dataclass
+class WorkerProcess:
+    """One ``hpo worker`` child process and the file its stderr goes to."""
+
+    process: subprocess.Popen[bytes]
+    stderr: Any
+
+    def tail(self, lines: int = 5) -> str:
+        """The last lines the worker wrote to stderr."""
+        self.stderr.seek(0)
+        text = self.stderr.read().decode(errors="replace").strip().splitlines()
+        return "\n".join(text[-lines:])
+
+
+def spawn_workers(
+    k: int,
+    file: str,
+    *,
+    storage_url: str,
+    tracking_uri: str,
+    study_name: str,
+    timeout: float | None = None,
+    force: bool = False,
+    extra: Sequence[str] = (),
+) -> list[WorkerProcess]:
+    """Start ``k`` ``hpo worker`` processes on the study of ``file``.
+
+    Each takes a 1/k share of the cores (``--local-workers k``) and prints nothing but errors.
+    """
+    cmd = [
+        sys.executable, "-m", "hpo", "worker", file,
+        "--storage", storage_url, "--tracking-uri", tracking_uri,
+        "--study-name", study_name, "--local-workers", str(k), "--quiet",
+    ]  # fmt: skip
+    if timeout is not None:
+        cmd += ["--timeout", str(timeout)]
+    if force:
+        cmd.append("--force")
+    cmd += list(extra)
+    workers = []
+    for _ in range(k):
+        err = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function, see tail()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        workers.append(WorkerProcess(proc, err))
+    return workers
+
+
+def wait_for_workers(
+    workers: Sequence[WorkerProcess],
+    poll: Callable[[], None] | None = None,
+    every: float = 1.0,
+) -> list[WorkerProcess]:
+    """Wait until every worker exits, calling ``poll`` every ``every`` seconds; return the failed.
+
+    Ctrl-C reaches the workers too (same process group); on a second one, or when they do not
+    stop within 30 s, they are terminated.
+    """
+    try:
+        while any(w.process.poll() is None for w in workers):
+            if poll is not None:
+                poll()
+            time.sleep(every)
+    except KeyboardInterrupt:
+        for w in workers:
+            if w.process.poll() is None:
+                w.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        for w in workers:
+            try:
+                w.process.wait(max(0.1, deadline - time.monotonic()))
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                w.process.terminate()
+        raise
+    if poll is not None:
+        poll()
+    return [w for w in workers if w.process.returncode != 0]

@@ -1,0 +1,138 @@
+"""The worker loop without training: budget counting, stale trials, a live trial's result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpo.spec import HeartbeatSpec
+from hpo.storage import open_storage
+from hpo.worker import (
+    RECOVERED_FROM_ATTR,
+    StaleTrialHandler,
+    TrialLoop,
+    budget_usage,
+)
+
+# The tests play other workers with study.ask() outside the loop, which Optuna warns about.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+
+
+class FakeObjective:
+    """Returns x; ``during`` runs inside the trial (to play another worker)."""
+
+    def __init__(self, during: Any = None) -> None:
+        self.attrs: dict[str, Any] = {}
+        self.unsaved: set[str] = set()
+        self.during = during
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.attrs, self.unsaved = {}, set()
+        x = trial.suggest_float("x", 0, 1)
+        self.attrs["note"] = "kept"
+        trial.set_user_attr("note", "kept")
+        if self.during is not None:
+            self.during(trial)
+            self.during = None
+        return x
+
+
+def new_study(tmp_path: Path, retries: int = 2) -> tuple[optuna.Study, str]:
+    url = f"sqlite:///{tmp_path}/hpo.db"
+    beat = HeartbeatSpec(interval=1, grace=2, max_retries=retries)
+    storage = open_storage(url, heartbeat=beat, on_stale=StaleTrialHandler(beat))
+    return optuna.create_study(study_name="s", storage=storage), url
+
+
+def fail_as_stale(study: optuna.Study, trial: optuna.Trial, handler: StaleTrialHandler) -> None:
+    """What another worker does when the trial's heartbeat is older than the grace period."""
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    handler(study, study._storage.get_trial(trial._trial_id))
+
+
+def test_the_budget_is_shared_and_exact(tmp_path: Path) -> None:
+    study, url = new_study(tmp_path)
+    ran = [TrialLoop(study, FakeObjective(), url, budget=5).run() for _ in range(3)]
+    assert ran == [5, 0, 0]  # later workers find the budget full
+    assert budget_usage(study) == (5, 0)
+
+
+def test_a_retried_failure_does_not_eat_the_budget(tmp_path: Path) -> None:
+    study, url = new_study(tmp_path)
+    handler = StaleTrialHandler(HeartbeatSpec(interval=1, grace=2, max_retries=1))
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    fail_as_stale(study, dead, handler)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.params for t in waiting] == [dead.params]  # queued again, same parameters
+    assert waiting[0].user_attrs == {}  # the dead run's attributes stay with the dead trial
+    assert budget_usage(study) == (0, 0)
+    TrialLoop(study, FakeObjective(), url, budget=3).run()
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 3
+    assert study.trials[1].params == dead.params  # the retry ran first
+
+
+def test_retries_stop_at_max_retries(tmp_path: Path) -> None:
+    study, _ = new_study(tmp_path)
+    handler = StaleTrialHandler(HeartbeatSpec(interval=1, grace=2, max_retries=1))
+    first = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    fail_as_stale(study, first, handler)
+    retry = study.ask()  # takes the queued retry
+    fail_as_stale(study, retry, handler)
+    assert not study.get_trials(states=(TrialState.WAITING,))
+    assert budget_usage(study) == (1, 0)  # the last failure counts
+
+
+@pytest.mark.parametrize("retry_taken", [False, True])
+def test_a_live_trial_failed_as_stale_keeps_its_result(tmp_path: Path, retry_taken: bool) -> None:
+    study, url = new_study(tmp_path)
+    handler = StaleTrialHandler(HeartbeatSpec(interval=1, grace=2, max_retries=2))
+    recovered: list[tuple[int, int]] = []
+
+    def outage(trial: optuna.Trial) -> None:
+        # While this trial trains, another worker fails it as stale (its heartbeats did not
+        # reach the database) and queues a retry; maybe a third worker already took it.
+        fail_as_stale(study, trial, handler)
+        if retry_taken:
+            study.ask()
+
+    loop = TrialLoop(
+        study,
+        FakeObjective(during=outage),
+        url,
+        budget=None,
+        n_trials=1,
+        on_recovered=lambda old, new, attrs: recovered.append((old.number, new.number)),
+    )
+    loop.run()
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL
+    kept = [t for t in study.trials if t.system_attrs.get(RECOVERED_FROM_ATTR) == first.number]
+    assert len(kept) == 1
+    assert kept[0].state == TrialState.COMPLETE
+    assert kept[0].value == first.params["x"]
+    assert kept[0].params == first.params
+    assert kept[0].user_attrs["note"] == "kept"
+    assert recovered == [(0, kept[0].number)]
+    if retry_taken:  # the result went to a new trial; the running retry is one more
+        assert kept[0].number == 2
+    else:  # the result filled the queued retry: nothing left to run, the budget stays exact
+        assert kept[0].number == 1
+        assert not study.get_trials(states=(TrialState.WAITING,))
+        assert budget_usage(study) == (1, 0)
+
+
+def test_a_worker_waits_for_running_trials_then_retries_a_dead_one(tmp_path: Path) -> None:
+    study, url = new_study(tmp_path)
+    # A trial of a worker that died: RUNNING, its last heartbeat long ago.
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study._storage.record_heartbeat(dead._trial_id)
+    loop = TrialLoop(study, FakeObjective(), url, budget=1, heartbeat_interval=1, timeout=30)
+    loop.run()  # budget full (1 running): waits until the grace period passes, then re-runs it
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[1].params == dead.params
+    assert budget_usage(study) == (1, 0)
