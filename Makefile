@@ -19,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install  ## run studies/quickstart.yaml on the embedded defaults (SQLite + local MLflow store)
 	$(BIN)/hpo study start studies/quickstart.yaml
 
+bench: install  ## measure overhead, throughput, search, parallel, CLI speed, memory (quick mode)
+	$(BIN)/python -m benchmarks.run --quick
+
 lint: install
 	$(BIN)/ruff check hpo tests $(wildcard benchmarks)
 	$(BIN)/ruff format --check hpo tests $(wildcard benchmarks)

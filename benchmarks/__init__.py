@@ -1,0 +1,1 @@
+"""hpo's benchmarks: ratios measured side by side in one run (``make bench``)."""

@@ -1,0 +1,133 @@
+"""``time_to_target_speedup``: how much sooner the default search (TPE + median pruner) first
+reaches a target validation accuracy than random search without pruning.
+
+Both run the quickstart's search space (MLP on scikit-learn's digits, 15 epochs) through
+:func:`hpo.study.run_study` with full logging to a local SQLite MLflow store, 1 torch thread,
+one process, alternating which method goes first. The clock starts when the study is open (data
+loaded, parent run created) and stops when the first trial with ``val_accuracy >= target``
+completes; the study is then stopped. A run that does not reach the target within its trial
+budget counts with its whole time (a lower bound, flagged ``reached: false``).
+Speedup = median over seeds of random's time / median over seeds of TPE's time; the per-seed
+ratios are kept too.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import load, median, result, temp_dir
+
+COMMAND = ".venv/bin/python -m benchmarks.run --only time_to_target_speedup"
+TARGET = 0.97
+
+SPACE = """\
+search:
+  dropout:      {type: float, low: 0.0, high: 0.6}
+  batch_size:   {type: categorical, choices: [32, 64, 128]}
+  optimizer:    {type: categorical, choices: [adam, adamw, sgd, rmsprop]}
+  lr:           {type: float, low: 1.0e-4, high: 1.0e-1, log: true}
+  depth:        {type: int, low: 1, high: 4}
+  width:        {type: int, low: 32, high: 256, log: true}
+  weight_decay: {type: float, low: 1.0e-6, high: 1.0e-2, log: true}
+  activation:   {type: categorical, choices: [relu, gelu, tanh]}
+  batch_norm:   {type: categorical, choices: [true, false]}
+  momentum:     {type: float, low: 0.0, high: 0.99, when: {optimizer: sgd}}
+"""
+
+METHODS = {
+    "tpe_median": "sampler: {name: tpe, seed: SEED}\npruner: {name: median, warmup_epochs: 3}\n",
+    "random_nopruning": "sampler: {name: random, seed: SEED}\npruner: {name: none}\n",
+}
+
+
+def _spec_text(name: str, method: str, seed: int, trials: int) -> str:
+    return (
+        f"name: {name}\n"
+        "metric: val_accuracy\ndirection: maximize\n"
+        "data: {source: sklearn, name: digits, val_fraction: 0.25, seed: 0}\n"
+        "model: {family: mlp}\n"
+        "train: {epochs: 15, device: cpu, seed: 0, threads: 1}\n"
+        + SPACE
+        + METHODS[method].replace("SEED", str(seed))
+        + f"trials: {trials}\n"
+    )
+
+
+def time_to_target(tmp: Path, method: str, seed: int, trials: int) -> dict[str, Any]:
+    import optuna
+
+    from hpo.spec import parse_spec
+    from hpo.study import run_study
+
+    name = f"ttt-{method}-{seed}"
+    spec = parse_spec(_spec_text(name, method, seed, trials), source=name)
+    marks: dict[str, Any] = {"reached": False, "trials": 0}
+
+    def on_start(study: optuna.Study, todo: int) -> None:
+        marks["start"] = time.perf_counter()
+
+    def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        marks["trials"] += 1
+        if (
+            trial.state == optuna.trial.TrialState.COMPLETE
+            and trial.value is not None
+            and trial.value >= TARGET
+        ):
+            marks["reached"] = True
+            marks["best"] = trial.value
+            study.stop()
+
+    started = time.perf_counter()
+    run_study(
+        spec,
+        source=name,
+        storage_url=f"sqlite:///{tmp / 'optuna.db'}",
+        tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}",
+        callbacks=[on_trial],
+        on_start=on_start,
+    )
+    seconds = time.perf_counter() - marks.get("start", started)
+    return {"seconds": seconds, "reached": marks["reached"], "trials": marks["trials"]}
+
+
+def measure(quick: bool) -> dict[str, Any]:
+    warnings.filterwarnings("ignore", category=UserWarning)
+    seeds = [0, 1, 2] if quick else [0, 1, 2, 3, 4]
+    trials = 40 if quick else 80
+    before = load()
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+    with temp_dir("hpo-bench-search-") as tmp:
+        # Warm-up (imports, the data cache) on a throwaway study; not counted.
+        time_to_target(tmp, "random_nopruning", 99, 1)
+        for i, seed in enumerate(seeds):
+            order = list(METHODS) if i % 2 == 0 else list(reversed(METHODS))
+            for method in order:
+                runs[method].append({"seed": seed, **time_to_target(tmp, method, seed, trials)})
+    tpe = median([r["seconds"] for r in runs["tpe_median"]])
+    rnd = median([r["seconds"] for r in runs["random_nopruning"]])
+    per_seed = [
+        r["seconds"] / t["seconds"]
+        for t, r in zip(runs["tpe_median"], runs["random_nopruning"], strict=True)
+    ]
+    return {
+        "time_to_target_speedup": result(
+            rnd / tpe,
+            ">= 3",
+            COMMAND,
+            {
+                "target_val_accuracy": TARGET,
+                "data": "digits MLP, quickstart search space, 15 epochs",
+                "max_trials_per_run": trials,
+                "runs": runs,
+                "median_seconds": {"tpe_median": tpe, "random_nopruning": rnd},
+                "per_seed_speedup": per_seed,
+                "load_before_after": [before, load()],
+            },
+            note="median over seeds of random-without-pruning time / TPE+median time to the "
+            "first trial with val_accuracy >= 0.97; runs that never reach it count their whole "
+            "time (see reached)",
+        )
+    }
