@@ -372,6 +372,22 @@ def study_best(name: str, storage: str | None, as_json: bool) -> None:
         print_best(st)
 
 
+def _parent_tracker(st: optuna.Study, tracking_uri: str | None) -> Any:
+    """A tracker on the study's parent run, or None if the study has none yet."""
+    from hpo.study import PARENT_RUN_ATTR, TRACKING_URI_ATTR
+    from hpo.tracking.runs import StudyTracker
+
+    parent = st.user_attrs.get(PARENT_RUN_ATTR)
+    if not parent:
+        return None
+    # The study remembers where it logged (unless the URI held a password, which is never stored).
+    stored = st.user_attrs.get(TRACKING_URI_ATTR)
+    known = stored if stored and "***" not in stored else None
+    tracker = StudyTracker(_tracking_uri(tracking_uri, known), st.study_name)
+    tracker.parent_run_id = parent
+    return tracker
+
+
 @study.command("compare")
 @click.argument("name")
 @click.option("--storage", help=STORAGE_HELP)
@@ -381,25 +397,62 @@ def study_compare(name: str, storage: str | None, tracking_uri: str | None, no_l
     """Compare the model families a study tried (best trial of each)."""
     from hpo.compare import family_table
     from hpo.report import print_comparison
-    from hpo.study import PARENT_RUN_ATTR, TRACKING_URI_ATTR, load_study, log_family_comparison
+    from hpo.study import load_study, log_family_comparison
 
     st = load_study(name, _storage(storage))
     frame = family_table(st)
     if frame.empty:
         raise HpoError(f"study '{name}' has no trial with a model family to compare")
     print_comparison(frame, name)
-    parent = st.user_attrs.get(PARENT_RUN_ATTR)
-    if no_log or not parent:
-        return
-    from hpo.tracking.runs import StudyTracker
+    tracker = None if no_log else _parent_tracker(st, tracking_uri)
+    if tracker is not None:
+        log_family_comparison(st, tracker)
+        click.echo(
+            f"logged family_comparison.csv and .html to the parent run {tracker.parent_run_id}"
+        )
 
-    # The study remembers where it logged (unless the URI held a password, which is never stored).
-    stored = st.user_attrs.get(TRACKING_URI_ATTR)
-    known = stored if stored and "***" not in stored else None
-    tracker = StudyTracker(_tracking_uri(tracking_uri, known), name)
-    tracker.parent_run_id = parent
-    log_family_comparison(st, tracker)
-    click.echo(f"logged family_comparison.csv and .html to the parent run {parent}")
+
+@study.command("report")
+@click.argument("name")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Directory to write (default: ./NAME-report).",
+)
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option(
+    "--no-log", is_flag=True, help="Only write the files; do not log them to the parent run."
+)
+def study_report(
+    name: str, output: Path | None, storage: str | None, tracking_uri: str | None, no_log: bool
+) -> None:
+    """Write the study's self-contained HTML report and plots (and log them to its parent run)."""
+    from hpo.study import load_study
+    from hpo.study_report import (
+        fetch_best_run_plots,
+        log_study_report,
+        study_metric_names,
+        write_study_report,
+    )
+
+    st = load_study(name, _storage(storage))
+    out = output or Path(f"{name}-report")
+    tracker = _parent_tracker(st, tracking_uri)
+    plots = fetch_best_run_plots(st, tracker) if tracker else {}
+    try:
+        report = write_study_report(
+            st, out, metric_names=study_metric_names(st), best_run_plots=plots
+        )
+    except OSError as exc:
+        raise HpoError(f"--output: cannot write '{out}': {exc.strerror}") from None
+    for what, why in report.skipped.items():
+        click.echo(f"skipped {what}: {why}")
+    click.echo(f"wrote {report.html_path} ({len(report.files)} files)")
+    if tracker and not no_log:
+        log_study_report(report, tracker)
+        click.echo(f"logged them to the parent run {tracker.parent_run_id} under study_report/")
 
 
 @study.command("export")

@@ -55,6 +55,19 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
         print_best(study)
     if result.comparison is not None and not result.comparison.empty:
         print_comparison(result.comparison, study.study_name)
+    if result.chance is not None:
+        if result.chance.within_noise:
+            console.print(f"[yellow]{result.chance.message()}[/yellow]")
+        else:
+            console.print(
+                f"best val_accuracy {result.chance.best_accuracy:.4f} is above chance "
+                f"(95% bound {result.chance.upper_95:.4f} for a majority-class rate of "
+                f"{result.chance.majority_rate:.3f})"
+            )
+    if result.report_error:
+        console.print(
+            f"[yellow]the study report could not be written: {result.report_error}[/yellow]"
+        )
     if result.test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.test_metrics.items()))
         console.print(f"held-out test split (best trial): {shown}")
@@ -64,6 +77,8 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
         console.print(f"MLflow: {uri.rstrip('/')}/{where}")
     else:
         console.print(f"browse it: hpo ui   then open http://127.0.0.1:5000/{where}")
+    if not result.report_error:
+        console.print("the parent run holds the study report: study_report/report.html")
 
 
 def best_payload(study: optuna.Study) -> dict[str, Any]:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
     from hpo.data.base import Dataset
+    from hpo.insights import ChanceCheck
     from hpo.tracking.runs import StudyTracker
 
 SPEC_HASH_ATTR = "hpo.spec_hash"
@@ -68,6 +69,10 @@ class StudyResult:
     test_metrics: dict[str, float] = field(default_factory=dict)
     #: Per-family comparison (studies that search ``family``), else None.
     comparison: pd.DataFrame | None = None
+    #: Best validation accuracy against chance (None when no trial recorded one).
+    chance: ChanceCheck | None = None
+    #: Why the study report could not be written (the trials are safe either way).
+    report_error: str | None = None
 
 
 # -- samplers and pruners ----------------------------------------------------------------------
@@ -392,7 +397,49 @@ def run_study(
             result.test_metrics = evaluate_best_on_test(study, spec, data, tracker)
         if len(study_families(spec)) > 1:
             result.comparison = log_family_comparison(study, tracker)
+        summarize_study(study, spec, data, tracker, result)
     return result
+
+
+#: Study attribute: the number of finished trials the logged report describes.
+REPORT_ATTR = "hpo.report_trials"
+
+
+def summarize_study(
+    study: optuna.Study, spec: StudySpec, data: Dataset, tracker: Any, result: StudyResult
+) -> None:
+    """Honest results and the study report on the parent run, once per state of the study.
+
+    Several workers reach the end of one study; the first builds and logs the report, the others
+    find it current (same number of finished trials) and only compute the chance check to print.
+    A report that cannot be written is noted, never fatal: the trials are already safe.
+    """
+    import tempfile
+
+    from hpo.insights import log_chance_check, study_chance_check
+
+    result.chance = study_chance_check(study, data.y_val, data.n_classes)
+    done = finished_count(study)
+    if study.user_attrs.get(REPORT_ATTR) == done:
+        return
+    if result.chance is not None:
+        log_chance_check(result.chance, tracker)
+    try:
+        from hpo.study_report import fetch_best_run_plots, log_study_report, write_study_report
+
+        with tempfile.TemporaryDirectory(prefix="hpo-report-") as tmp:
+            report = write_study_report(
+                study,
+                Path(tmp),
+                metric_names=list(spec.objective_metrics),
+                best_run_plots=fetch_best_run_plots(study, tracker),
+                chance=result.chance,
+            )
+            log_study_report(report, tracker)
+    except Exception as exc:  # a report is a convenience; never lose a finished study over it
+        result.report_error = f"{type(exc).__name__}: {exc}"
+        return
+    study.set_user_attr(REPORT_ATTR, done)
 
 
 def run_local_workers(
@@ -465,6 +512,7 @@ def run_local_workers(
             from hpo.compare import family_table
 
             result.comparison = family_table(study)
+        summarize_study(study, spec, data, tracker, result)
     return result
 
 

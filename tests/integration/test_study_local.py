@@ -275,3 +275,37 @@ def test_show_best_export_list(ran: Ran, tmp_path: Path) -> None:
     assert len(frame) == len(study.trials)
     assert {"number", "state", "value", "param_lr", "mlflow_run_id"} <= set(frame.columns)
     assert np.isfinite(frame["value"].dropna()).all()
+
+
+def test_parent_run_holds_the_report_and_the_chance_verdict(ran: Ran) -> None:
+    parent, _ = runs(ran)
+    # digits is far above chance
+    assert parent.data.tags["hpo.chance_level"] == "above_chance"
+    assert "above chance" in ran.output
+    c = client(ran)
+    listed = {a.path for a in c.list_artifacts(parent.info.run_id, "study_report")}
+    assert "study_report/report.html" in listed
+    html = Path(
+        c.download_artifacts(parent.info.run_id, "study_report/report.html", str(ran.dir))
+    ).read_text()
+    assert "data:image/png;base64" in html  # the best trial's plots are embedded
+    assert '<script src="http' not in html  # self-contained: opens offline
+
+
+def test_report_command_writes_the_files(ran: Ran, tmp_path: Path) -> None:
+    out = tmp_path / "rep"
+    code, output = invoke(
+        "study",
+        "report",
+        "it-digits",
+        "--storage",
+        ran.storage,
+        "--tracking-uri",
+        ran.tracking,
+        "-o",
+        str(out),
+        "--no-log",
+    )
+    assert code == 0, output
+    assert (out / "report.html").stat().st_size > 10_000
+    assert any(p.suffix == ".png" for p in (out / "plots").iterdir())

@@ -167,3 +167,18 @@ def test_study_on_postgres_resumes(tmp_path: Path, postgres_url: str) -> None:
     assert len(study.trials) == 3
     assert len({t.user_attrs["mlflow_run_id"] for t in study.trials}) == 3
     assert study.user_attrs["mlflow_parent_run_id"] == first.parent_run_id == again.parent_run_id
+
+
+def test_random_labels_are_called_chance(tmp_path: Path) -> None:
+    # The "MLP on random noise" experiment: nothing can be learned, and hpo must say so.
+    text = (
+        "name: noise\n"
+        "data: {source: synthetic, kind: random, n_samples: 1000, n_features: 100, n_classes: 10}\n"
+        "train: {epochs: 2}\n"
+        "search:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
+        "pruner: {name: none}\ntrials: 3\n"
+    )
+    result = run(tmp_path, text)
+    assert result.chance is not None and result.chance.within_noise
+    parent = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.parent_run_id)
+    assert parent.data.tags["hpo.chance_level"] == "chance"
