@@ -489,6 +489,25 @@ def study_delete(name: str, storage: str | None, yes: bool) -> None:
     click.echo(f"deleted study '{name}'")
 
 
+# -- trial -------------------------------------------------------------------------------------
+@main.group(cls=HpoGroup)
+def trial() -> None:
+    """Work with one trial of a study."""
+
+
+@trial.command("reproduce")
+@click.argument("name")
+@click.argument("number", type=int)
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--device", help="Train on this device instead of the study file's (cpu, cuda …).")
+def trial_reproduce(name: str, number: int, storage: str | None, device: str | None) -> None:
+    """Retrain a trial from its stored parameters and seed; show its metrics beside the original."""
+    from hpo.report import print_reproduction
+    from hpo.reproduce import reproduce_trial
+
+    print_reproduction(reproduce_trial(name, number, _storage(storage), device=device))
+
+
 # -- spec --------------------------------------------------------------------------------------
 @main.group(cls=HpoGroup)
 def spec() -> None:

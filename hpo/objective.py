@@ -14,7 +14,8 @@ live trial's result is never thrown away because of the storage.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -25,10 +26,17 @@ from hpo.space import suggest, suggestion_order
 from hpo.spec import FAMILY_PARAM, StudySpec
 from hpo.training.callbacks import Callback
 from hpo.training.config import TrainParams
-from hpo.training.loop import TrainingDiverged, predict_proba, seed_everything, train
+from hpo.training.loop import (
+    TrainingDiverged,
+    TrainResult,
+    predict_proba,
+    seed_everything,
+    train,
+)
 from hpo.training.metrics import classification_metrics
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from hpo.data.base import Dataset
@@ -182,29 +190,13 @@ class Objective:
         family_params: Any,
     ) -> float | list[float]:
         spec, data = self.spec, self.data
-        seed_everything(spec.train.seed)
-        model = FAMILIES.get(family)().build(family_params, data.input_shape, data.n_classes)
         callbacks: list[Callback] = [_TrackingCallback(run)]
         if self.prune_metric is not None:
             callbacks.append(_PruningCallback(trial, self.prune_metric))
-        result = train(
-            model,
-            data,
-            train_params,
-            epochs=spec.train.epochs,
-            device=self.device,
-            seed=spec.train.seed,
-            callbacks=callbacks,
+        fitted = fit_and_evaluate(
+            spec, data, family, train_params, family_params, self.device, callbacks
         )
-        proba = predict_proba(model, data.X_val, self.device)
-        final = {
-            f"val_{k}": v
-            for k, v in classification_metrics(data.y_val, proba, data.n_classes).items()
-        }
-        final["n_params"] = float(count_parameters(model))
-        final["train_seconds"] = result.train_seconds
-        final["samples_per_second"] = result.samples_per_second
-        final.update(_learned_activations(model))
+        final = fitted.metrics
         run.log_final(final)
         # Kept with the trial too, so listings and family comparisons need no MLflow round trip.
         for key in (
@@ -216,8 +208,8 @@ class Objective:
             "train_seconds",
         ):
             self._set_attr(trial, key, final[key])
-        run.log_plots(data.y_val, proba, data.classes, result.history)
-        model_uri = run.log_model(model.cpu(), data.X_train[:5])
+        run.log_plots(data.y_val, fitted.proba, data.classes, fitted.result.history)
+        model_uri = run.log_model(fitted.model.cpu(), data.X_train[:5])
         self._set_attr(trial, "model_uri", model_uri)
         values = [final[m] for m in self.metrics]
         bad = [m for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)]
@@ -225,6 +217,72 @@ class Objective:
             raise ValueError(f"objective {bad[0]} is not a finite number ({final[bad[0]]})")
         run.end("COMPLETE")
         return values[0] if len(values) == 1 else values
+
+
+@dataclass
+class FittedTrial:
+    """A trained model and what it scored on the validation split."""
+
+    model: torch.nn.Module
+    result: TrainResult
+    #: Class probabilities on the validation split.
+    proba: np.ndarray
+    #: ``val_*`` metrics, ``n_params``, ``train_seconds``, ``samples_per_second`` and the learned
+    #: activation parameters, if any.
+    metrics: dict[str, float]
+
+
+def trial_values(
+    spec: StudySpec, params: Mapping[str, Any]
+) -> tuple[dict[str, Any], str, TrainParams, Any]:
+    """A finished trial's stored ``params`` as the objective saw them: with the study's fixed
+    values, the family, and the training and family hyperparameters (for ``hpo trial reproduce``).
+    """
+    values = suggest(
+        optuna.trial.FixedTrial(dict(params)),
+        spec.search,
+        spec.fixed,
+        suggestion_order(spec.search),
+    )
+    family = str(values.get(FAMILY_PARAM, spec.model.family))
+    train_params, family_params = split_params(family, values)
+    return values, family, train_params, family_params
+
+
+def fit_and_evaluate(
+    spec: StudySpec,
+    data: Dataset,
+    family: str,
+    train_params: TrainParams,
+    family_params: Any,
+    device: torch.device,
+    callbacks: Sequence[Callback] = (),
+) -> FittedTrial:
+    """Seed, build, train and evaluate one configuration: the whole of a trial but its logging.
+
+    Both the objective and ``hpo trial reproduce`` train through here, so a reproduced trial is
+    trained exactly as the original was.
+    """
+    seed_everything(spec.train.seed)
+    model = FAMILIES.get(family)().build(family_params, data.input_shape, data.n_classes)
+    result = train(
+        model,
+        data,
+        train_params,
+        epochs=spec.train.epochs,
+        device=device,
+        seed=spec.train.seed,
+        callbacks=list(callbacks),
+    )
+    proba = predict_proba(model, data.X_val, device)
+    final = {
+        f"val_{k}": v for k, v in classification_metrics(data.y_val, proba, data.n_classes).items()
+    }
+    final["n_params"] = float(count_parameters(model))
+    final["train_seconds"] = result.train_seconds
+    final["samples_per_second"] = result.samples_per_second
+    final.update(_learned_activations(model))
+    return FittedTrial(model, result, proba, final)
 
 
 def _learned_activations(model: torch.nn.Module) -> dict[str, float]:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import optuna
     import pandas as pd
 
+    from hpo.reproduce import Reproduction
     from hpo.spec import StudySpec
     from hpo.study import StudyResult, StudySummary
 
@@ -237,3 +238,25 @@ def _missing(value: Any) -> bool:
         return bool(value is None or value != value)  # NaN and pandas' NA
     except TypeError:
         return True
+
+
+def print_reproduction(rep: Reproduction) -> None:
+    """``hpo trial reproduce``: each metric as stored and as retrained, and their difference."""
+    params = ", ".join(f"{k}={_fmt(v)}" for k, v in rep.params.items())
+    console.print(
+        f"[bold]study '{rep.study}', trial {rep.number}[/] ({rep.family} on {rep.device}): {params}"
+    )
+    table = Table("metric", "original", "reproduced", "difference")
+    for name, (old, new) in rep.metrics.items():
+        diff = "" if old is None else f"{new - old:+.2g}"
+        table.add_row(name, _fmt(old) if old is not None else "not kept", _fmt(new), diff)
+    console.print(table)
+    gap = rep.max_abs_difference()
+    verdict = (
+        "reproduced exactly"
+        if gap == 0
+        else f"reproduced within {gap:.2g}"
+        if gap < 1e-3
+        else f"differs by {gap:.3g} (another machine, thread count or library version?)"
+    )
+    console.print(verdict)

@@ -56,7 +56,7 @@ class FloatParam(_Param):
             raise ValueError("'step' and 'log: true' cannot be combined (Optuna refuses it)")
         return self
 
-    def suggest(self, trial: optuna.Trial, name: str) -> float:
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, log=self.log, step=self.step)
 
     def grid(self, name: str) -> list[Choice]:
@@ -85,7 +85,7 @@ class IntParam(_Param):
             raise ValueError("'step' and 'log: true' cannot be combined (Optuna refuses it)")
         return self
 
-    def suggest(self, trial: optuna.Trial, name: str) -> int:
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
 
     def grid(self, name: str) -> list[Choice]:
@@ -107,7 +107,7 @@ class CategoricalParam(_Param):
             raise ValueError(f"'choices' has duplicates: {self.choices}")
         return self
 
-    def suggest(self, trial: optuna.Trial, name: str) -> Choice:
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Choice:
         return trial.suggest_categorical(name, self.choices)
 
     def grid(self, name: str) -> list[Choice]:
@@ -154,7 +154,7 @@ def suggestion_order(search: Mapping[str, _Param]) -> list[str]:
 
 
 def suggest(
-    trial: optuna.Trial,
+    trial: optuna.trial.BaseTrial,
     search: Mapping[str, _Param],
     fixed: Mapping[str, Any] | None = None,
     order: Iterable[str] | None = None,
