@@ -561,6 +561,35 @@ def datasets_list() -> None:
     print_datasets()
 
 
+# -- serve -------------------------------------------------------------------------------------
+@main.command("serve")
+@click.argument("name")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--alias", default="champion", show_default=True, help="Registry alias to serve.")
+@click.option("--version", "version", help="Serve this registered version instead of the alias.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5001, show_default=True, type=int)
+def serve(
+    name: str, tracking_uri: str | None, alias: str, version: str | None, host: str, port: int
+) -> None:
+    """Serve a study's best model (models:/NAME@champion) over REST, on raw rows."""
+    from hpo.serving.app import load_served_model
+    from hpo.serving.app import serve as run_server
+
+    served = load_served_model(
+        name, _tracking_uri(tracking_uri, None), alias=alias, version=version
+    )
+    info = served.info
+    lineage = info["lineage"]
+    value = lineage.get("hpo.value", "?")
+    click.echo(
+        f"serving '{name}' version {info['version']} (trial {lineage.get('hpo.trial', '?')}, "
+        f"{lineage.get('hpo.metric', 'value')} {value}) on http://{host}:{port}: "
+        "POST /invocations, GET /metadata; Ctrl-C stops it"
+    )
+    run_server(served, host, port)
+
+
 # -- ui ----------------------------------------------------------------------------------------
 @main.command("ui")
 @click.option("--tracking-uri", help=TRACKING_HELP)

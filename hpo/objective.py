@@ -116,6 +116,8 @@ class Objective:
         self.attrs: dict[str, Any] = {}
         #: Names in :attr:`attrs` that the storage did not take.
         self.unsaved: set[str] = set()
+        #: Stored with every model: how to turn raw rows into its input (see :mod:`hpo.serving`).
+        self.model_metadata = model_metadata(spec, data)
 
     def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
         """``trial.set_user_attr`` that survives a storage that cannot take the write."""
@@ -209,7 +211,7 @@ class Objective:
         ):
             self._set_attr(trial, key, final[key])
         run.log_plots(data.y_val, fitted.proba, data.classes, fitted.result.history)
-        model_uri = run.log_model(fitted.model.cpu(), data.X_train[:5])
+        model_uri = run.log_model(fitted.model.cpu(), data.X_train[:5], self.model_metadata)
         self._set_attr(trial, "model_uri", model_uri)
         values = [final[m] for m in self.metrics]
         bad = [m for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)]
@@ -283,6 +285,21 @@ def fit_and_evaluate(
     final["samples_per_second"] = result.samples_per_second
     final.update(_learned_activations(model))
     return FittedTrial(model, result, proba, final)
+
+
+def model_metadata(spec: StudySpec, data: Dataset) -> dict[str, Any]:
+    """What a served model needs besides its weights: the study, and the data's preprocessing
+    and classes (as JSON, :func:`hpo.serving.preprocessing.describe`)."""
+    from hpo.serving.preprocessing import describe
+
+    return {
+        "hpo": {
+            "study": spec.name,
+            "spec_hash": spec.identity_hash(),
+            "data": {"source": spec.data.source, "name": data.name},
+            "preprocessing": describe(data),
+        }
+    }
 
 
 def _learned_activations(model: torch.nn.Module) -> dict[str, float]:

@@ -72,6 +72,12 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
     if result.test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.test_metrics.items()))
         console.print(f"held-out test split (best trial): {shown}")
+    if result.champion is not None:
+        c = result.champion
+        console.print(
+            f"registered model '{c.name}' version {c.version} (trial {c.trial}) is the champion: "
+            f"models:/{c.name}@champion; serve it with: hpo serve {c.name}"
+        )
     uri = result.tracking_uri
     where = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
     if uri.startswith(("http://", "https://")):

@@ -13,6 +13,7 @@ them creates and the others load. How the trials are shared out is :mod:`hpo.wor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo.errors import DataError, SpecError, StorageError
+from hpo.errors import DataError, DeviceError, SpecError, StorageError
 from hpo.registry import did_you_mean
 from hpo.spec import (
     HeartbeatSpec,
@@ -36,10 +37,12 @@ from hpo.storage import mask_url, open_storage, study_lock, supports_heartbeat
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
+    import torch
     from optuna.storages import BaseStorage
 
     from hpo.data.base import Dataset
     from hpo.insights import ChanceCheck
+    from hpo.tracking.champion import Champion
     from hpo.tracking.runs import StudyTracker
 
 SPEC_HASH_ATTR = "hpo.spec_hash"
@@ -73,6 +76,8 @@ class StudyResult:
     chance: ChanceCheck | None = None
     #: Why the study report could not be written (the trials are safe either way).
     report_error: str | None = None
+    #: The registered best model (``models:/<study>@champion``), if any.
+    champion: Champion | None = None
 
 
 # -- samplers and pruners ----------------------------------------------------------------------
@@ -322,6 +327,17 @@ def prepare_data(spec: StudySpec, source: str) -> Dataset:
     return data
 
 
+def prepare_device(spec: StudySpec, source: str) -> torch.device:
+    """The device ``train.device`` names; :class:`DeviceError` naming the study file if absent."""
+    from hpo.training.device import resolve_device
+
+    try:
+        return resolve_device(spec.train.device)
+    except DeviceError as exc:
+        # The device module names the field and the value; add which study file asked for it.
+        raise DeviceError(f"{source}: {exc}") from None
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -344,13 +360,12 @@ def run_study(
     how many trial processes share this machine's cores (each takes its share).
     """
     from hpo.objective import Objective
-    from hpo.training.device import resolve_device
     from hpo.training.threads import configure_threads
     from hpo.worker import TrialLoop, budget_usage
 
     # 1. everything the user can get wrong, before anything is created
     data = prepare_data(spec, source)
-    device = resolve_device(spec.train.device)
+    device = prepare_device(spec, source)
     configure_threads(spec.train.threads, workers=local_workers)
     # 2. the study and the parent run, shared by every process of the study
     session = start_session(
@@ -419,6 +434,14 @@ def summarize_study(
     from hpo.insights import log_chance_check, study_chance_check
 
     result.chance = study_chance_check(study, data.y_val, data.n_classes)
+    # Workers may have moved the alias in a race; settle it on the study's real best.
+    promote_champion(study, spec, tracker)
+    if not spec.multi_objective:
+        from hpo.errors import TrackingError
+        from hpo.tracking.champion import current_champion
+
+        with contextlib.suppress(TrackingError):
+            result.champion = current_champion(tracker)
     done = finished_count(study)
     if study.user_attrs.get(REPORT_ATTR) == done:
         return
@@ -463,11 +486,10 @@ def run_local_workers(
     the end of its error output.
     """
     from hpo.errors import HpoError
-    from hpo.training.device import resolve_device
     from hpo.worker import budget_usage, spawn_workers, wait_for_workers
 
     data = prepare_data(spec, str(file))
-    resolve_device(spec.train.device)
+    prepare_device(spec, str(file))
     session = start_session(
         spec, source=str(file), storage_url=storage_url, tracking_uri=tracking_uri, force=force
     )
@@ -587,7 +609,8 @@ class _FailureGuard:
 
 
 class _ParentSummary:
-    """Keeps the parent run's summary current: best value and trial, trial counts."""
+    """Keeps the parent run's summary current: best value and trial, trial counts; and moves the
+    registry's ``champion`` alias to each new best trial's model."""
 
     def __init__(self, tracker: Any, spec: StudySpec) -> None:
         self.tracker = tracker
@@ -608,6 +631,47 @@ class _ParentSummary:
             tags["hpo.best_trial"] = str(best.number)
             tags["hpo.best_run_id"] = str(best.user_attrs.get("mlflow_run_id", ""))
         self.tracker.log_parent(metrics=metrics, tags=tags, step=trial.number)
+        if tags and tags["hpo.best_trial"] == str(trial.number):
+            promote_champion(study, self.spec, self.tracker, trial)
+
+
+def promote_champion(
+    study: optuna.Study,
+    spec: StudySpec,
+    tracker: Any,
+    trial: optuna.trial.FrozenTrial | None = None,
+) -> Any:
+    """Register ``trial``'s (default: the best trial's) model as the study's ``champion`` if it
+    beats the current one (:mod:`hpo.tracking.champion`); single-objective studies only.
+
+    A registry that cannot be written is not worth a trial or a study: the failure is noted on
+    the study (``hpo.champion_error``) and the next new best, or the study's end, tries again.
+    """
+    from hpo.errors import TrackingError
+    from hpo.tracking.champion import promote
+
+    if spec.multi_objective:
+        return None
+    if trial is None:
+        best = best_trials(study)
+        if not best:
+            return None
+        trial = best[0]
+    lineage = {"spec_hash": spec.identity_hash(), "seed": spec.train.seed}
+    try:
+        champion = promote(
+            tracker,
+            trial,
+            metric=spec.objective_metrics[0],
+            direction=spec.objective_directions[0],
+            lineage=lineage,
+        )
+    except TrackingError as exc:
+        study.set_user_attr("hpo.champion_error", str(exc)[:500])
+        return None
+    if champion is not None:
+        tracker.log_parent(tags={"hpo.champion_version": champion.version})
+    return champion
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

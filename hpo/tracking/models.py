@@ -66,6 +66,7 @@ def log_pytorch_model(
     params: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
     step: int = 0,
+    metadata: Mapping[str, Any] | None = None,
 ) -> str:
     """Log ``model`` (on the CPU) as a ``pt2`` LoggedModel of ``run_id``; return ``models:/m-…``.
 
@@ -74,7 +75,8 @@ def log_pytorch_model(
     batch of at least two rows, so a single row is repeated. The model is exported in eval mode
     (dropout off, batch-norm running statistics): ``pt2`` freezes the mode it was traced in. Its
     train/eval mode is restored afterwards. ``step`` links the run's metrics at that step to the
-    model, so the model page shows them.
+    model, so the model page shows them. ``metadata`` (JSON-able) is stored in the model's
+    ``MLmodel`` file: hpo keeps the preprocessing and classes there (:mod:`hpo.serving`).
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -110,6 +112,7 @@ def log_pytorch_model(
                 input_example=example,
                 signature=signature,
                 pip_requirements=pip_requirements(),
+                metadata=dict(metadata) if metadata else None,
                 serialization_format="pt2",
                 # The serving check re-loads the model through pyfunc: +22 ms per trial
                 # (70 → 92 ms measured); loading back is covered by our tests instead.
@@ -123,11 +126,18 @@ def log_pytorch_model(
 def load_pytorch_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:
     """Load a model logged by :func:`log_pytorch_model`; refuse anything that is not ``pt2``.
 
-    ``model_uri`` is ``models:/m-…``, ``runs:/<run_id>/model`` or a model directory;
-    ``tracking_uri`` is the store that resolves the first two (default: MLflow's current one).
-    The result maps a float32 batch to logits; it is frozen in eval mode (see
+    ``model_uri`` is ``models:/m-…``, ``models:/NAME@alias``, ``runs:/<run_id>/model`` or a model
+    directory; ``tracking_uri`` is the store that resolves the first ones (default: MLflow's
+    current one). The result maps a float32 batch to logits; it is frozen in eval mode (see
     :class:`ExportedModel`).
     """
+    return load_model_and_metadata(model_uri, tracking_uri)[0]
+
+
+def load_model_and_metadata(
+    model_uri: str, tracking_uri: str | None = None
+) -> tuple[ExportedModel, dict[str, Any]]:
+    """:func:`load_pytorch_model`, and the ``metadata`` the model was logged with."""
     import mlflow.artifacts
     from mlflow.utils.file_utils import local_file_uri_to_path
     from mlflow.utils.uri import is_local_uri
@@ -167,12 +177,13 @@ class ExportedModel(nn.Module):
         return self
 
 
-def _load_pt2(local: Path, model_uri: str) -> ExportedModel:
+def _load_pt2(local: Path, model_uri: str) -> tuple[ExportedModel, dict[str, Any]]:
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    flavors = Model.load(str(local)).flavors
+    mlmodel = Model.load(str(local))
+    flavors = mlmodel.flavors
     if "pytorch" not in flavors:
         raise MlflowException(f"{model_uri} is not a PyTorch model (flavors: {sorted(flavors)})")
     data = local / flavors["pytorch"]["model_data"]
@@ -185,23 +196,34 @@ def _load_pt2(local: Path, model_uri: str) -> ExportedModel:
     # admits only JSON records and tensors. MLflow skips it when pickle is allowed by the
     # environment (MLFLOW_ALLOW_PICKLE_DESERIALIZATION): we run it always.
     mlflow.pytorch._validate_pt2_archive_is_pickle_free(str(archive))
-    return ExportedModel(torch.export.load(str(archive)).module())
+    return ExportedModel(torch.export.load(str(archive)).module()), dict(mlmodel.metadata or {})
 
 
 def _artifact_location(model_uri: str, tracking_uri: str | None) -> str:
-    """``models:/m-…`` → the model's artifact location, looked up in ``tracking_uri``.
+    """``models:/m-…`` or ``models:/NAME@alias`` → the model's artifact location in ``tracking_uri``.
 
     MLflow 3.17 resolves ``models:/`` URIs with a client of the *global* tracking URI, even when
     ``download_artifacts`` is given another one; the logged model's own location does not have
     that problem (``mlflow-artifacts:`` locations are resolved against ``tracking_uri``).
     """
     prefix = "models:/"
-    model_id = model_uri[len(prefix) :].strip("/") if model_uri.startswith(prefix) else ""
-    if tracking_uri is None or not model_id.startswith("m-") or "/" in model_id:
+    if tracking_uri is None or not model_uri.startswith(prefix):
         return model_uri
     from mlflow.tracking import MlflowClient
 
-    return str(MlflowClient(tracking_uri).get_logged_model(model_id).artifact_location)
+    from hpo.tracking.runs import registry_uri
+
+    client = MlflowClient(tracking_uri, registry_uri=registry_uri(tracking_uri))
+    ref = model_uri[len(prefix) :].strip("/")
+    if "@" in ref and "/" not in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+        # The SQL registry keeps the version's source (``models:/m-…``) but not always its
+        # model_id.
+        ref = version.model_id or str(version.source).removeprefix(prefix).strip("/")
+    if not ref.startswith("m-") or "/" in ref:
+        return model_uri
+    return str(client.get_logged_model(ref).artifact_location)
 
 
 def _example_rows(input_example: Any) -> np.ndarray:

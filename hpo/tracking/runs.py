@@ -88,6 +88,28 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def absolute_store_uri(uri: str) -> str:
+    """A relative ``sqlite:///file.db`` made absolute; any other URI unchanged.
+
+    MLflow caches its stores by URI string: two studies in one process that open
+    ``sqlite:///mlflow.db`` from different directories would otherwise share the first one's
+    database (seen in the test suite, where every test has its own directory).
+    """
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path, sep, query = uri[len(prefix) :].partition("?")
+        if path and path != ":memory:":
+            return f"{prefix}{Path(path).absolute()}{sep}{query}"
+    return uri
+
+
+def registry_uri(tracking_uri: str) -> str:
+    """The Model Registry that goes with ``tracking_uri``: ``MLFLOW_REGISTRY_URI`` if set, else the
+    tracking store itself. Never MLflow's process-global URI, which another study in the same
+    process (or a test) may have set."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+
+
 def default_artifact_root(tracking_uri: str) -> str:
     """Absolute ``mlartifacts`` directory for experiments created on a database store.
 
@@ -247,7 +269,7 @@ class StudyTracker:
     """
 
     def __init__(self, tracking_uri: str, study_name: str) -> None:
-        self.tracking_uri = tracking_uri
+        self.tracking_uri = absolute_store_uri(tracking_uri)
         self.study_name = study_name
         self._client: MlflowClient | None = None
         self.parent_run_id: str | None = None
@@ -264,7 +286,9 @@ class StudyTracker:
 
             with self._lock, _tracking_errors("opening the tracking store", self.tracking_uri):
                 if self._client is None:
-                    client = MlflowClient(self.tracking_uri)
+                    client = MlflowClient(
+                        self.tracking_uri, registry_uri=registry_uri(self.tracking_uri)
+                    )
                     _tune_sqlite(client._tracking_client.store)
                     self._client = client
         return self._client
@@ -635,9 +659,14 @@ class TrialRun:
             }
         )
 
-    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str:
-        """Log the trained model (``pt2``, with signature and input example); return its URI
-        (``models:/m-…``), which :func:`hpo.tracking.models.load_pytorch_model` loads."""
+    def log_model(
+        self,
+        model: nn.Module,
+        input_example: np.ndarray,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Log the trained model (``pt2``, with signature, input example and ``metadata``); return
+        its URI (``models:/m-…``), which :func:`hpo.tracking.models.load_pytorch_model` loads."""
         from hpo.tracking.models import log_pytorch_model
 
         self.flush()  # the model links the metrics of its step: they must be written
@@ -651,6 +680,7 @@ class TrialRun:
                 params=self.params,
                 tags={"hpo.study": self.tracker.study_name, "hpo.trial": str(self.number)},
                 step=self._last_epoch,
+                metadata=metadata,
             )
 
     # -- the end ---------------------------------------------------------------------------------
