@@ -8,6 +8,7 @@ not apply. Conditions may name searched or fixed parameters and may list several
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -22,7 +23,9 @@ Choice = bool | int | float | str | None
 
 
 class _Param(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity in bounds, steps, choices or conditions: Optuna cannot sample them, and
+    # NaN makes every comparison (low <= high, a choice's duplicates) quietly false.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     #: ``{other_param: value}`` or ``{other_param: [value, …]}``: suggest only when every entry holds.
     when: dict[str, Choice | list[Choice]] | None = None
@@ -62,7 +65,7 @@ class FloatParam(_Param):
     def grid(self, name: str) -> list[Choice]:
         if self.step is None:
             raise ValueError(f"search.{name}: the grid sampler needs 'step' on float parameters")
-        count = int(np.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        count = _grid_size(name, np.floor((self.high - self.low) / self.step + 1e-9) + 1)
         return [round(self.low + i * self.step, 12) for i in range(count)]
 
     def bounds(self) -> list[Any]:
@@ -89,6 +92,7 @@ class IntParam(_Param):
         return trial.suggest_int(name, self.low, self.high, log=self.log, step=self.step)
 
     def grid(self, name: str) -> list[Choice]:
+        _grid_size(name, (self.high - self.low) // self.step + 1)
         return list(range(self.low, self.high + 1, self.step))
 
     def bounds(self) -> list[Any]:
@@ -172,6 +176,34 @@ def suggest(
     return values
 
 
+#: The most points a grid may have: Optuna's grid sampler lists every combination up front.
+MAX_GRID_POINTS = 1_000_000
+
+
+def _grid_size(name: str, count: float) -> int:
+    """``count`` grid values of ``search.<name>`` as an int; ValueError when there are too many."""
+    # Checked before the values are listed: a tiny step over a wide range would exhaust memory
+    # (or overflow: the count of a float grid can be infinite).
+    if not count <= MAX_GRID_POINTS:
+        raise ValueError(
+            f"search.{name}: the grid would have {count:.3g} values, more than {MAX_GRID_POINTS:,}"
+            "; raise 'step' or narrow 'low'..'high'"
+        )
+    return int(count)
+
+
 def grid_search_space(search: Mapping[str, _Param]) -> dict[str, list[Choice]]:
-    """The finite search space the grid sampler enumerates."""
-    return {name: param.grid(name) for name, param in search.items()}  # type: ignore[attr-defined]
+    """The finite search space the grid sampler enumerates.
+
+    Raises :class:`ValueError` when a parameter cannot be enumerated or the grid, all
+    combinations, would have more than :data:`MAX_GRID_POINTS` points.
+    """
+    space = {name: param.grid(name) for name, param in search.items()}  # type: ignore[attr-defined]
+    points = math.prod(len(values) for values in space.values())
+    if points > MAX_GRID_POINTS:
+        sizes = " × ".join(f"{name} {len(values)}" for name, values in space.items())
+        raise ValueError(
+            f"search: the grid would have {points:,} points ({sizes}), more than "
+            f"{MAX_GRID_POINTS:,}; raise the steps or narrow the ranges"
+        )
+    return space

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -293,11 +294,63 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "")
             shown = e["input"]
             if not isinstance(shown, dict | list) or len(json.dumps(shown, default=str)) < 80:
                 got = f" (got {json.dumps(shown, default=str)})"
-        lines.append(f"{source}: {where + ': ' if where else ''}{msg}{got}")
+        lines.append(one_line(f"{source}: {where + ': ' if where else ''}{msg}{got}"))
     return "\n".join(lines)
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (``\\n``).
+
+    A field name or value from the file may hold them; the CLI shows one line per mistake.
+    """
+    return re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", lambda m: repr(m.group())[1:-1], text)
+
+
 # -- loading ---------------------------------------------------------------------------------
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reporting a value it cannot build as a YAML error at its line.
+
+    The safe constructors raise a bare ``ValueError`` for a date that does not exist
+    (``2001-13-45``) or a tag whose text does not fit (``!!int many``), which would otherwise
+    reach the user as a traceback.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            shown = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read the value{shown}: {exc}", node.start_mark
+            ) from None
+
+
+def _self_reference(value: Any) -> str | None:
+    """The path of a list or mapping that contains itself, or None.
+
+    YAML allows it (an alias inside its own anchor: ``a: &x [*x]``); validation and hashing
+    would fail on it with a bare ``ValueError``. Shared aliases (the same list under two keys)
+    are fine: only the ancestors of a value count.
+    """
+    done: set[int] = set()
+
+    def walk(item: Any, path: tuple[str, ...], ancestors: frozenset[int]) -> str | None:
+        if not isinstance(item, dict | list) or id(item) in done:
+            return None
+        if id(item) in ancestors:
+            return ".".join(path)
+        inner = ancestors | {id(item)}
+        children = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in children:
+            found = walk(child, (*path, str(key)), inner)
+            if found is not None:
+                return found
+        done.add(id(item))  # no cycle below: never walk it again (aliases may share it)
+        return None
+
+    return walk(value, (), frozenset())
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read, parse and fully validate a study file; raise :class:`SpecError` on any problem."""
     path = Path(path)
@@ -319,17 +372,28 @@ def parse_spec(
 ) -> StudySpec:
     """Parse and validate study-file text (see :func:`load_spec`)."""
     try:
-        raw = yaml.safe_load(text)
+        # Safe: _SafeLoader is yaml.SafeLoader (plain data, never Python objects) plus messages.
+        raw = yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(f"{source}: invalid YAML: {where}{problem}") from None
+        raise SpecError(one_line(f"{source}: invalid YAML: {where}{problem}")) from None
+    except RecursionError:
+        raise SpecError(f"{source}: invalid YAML: nested too deeply") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise SpecError(
             f"{source}: a study file must be a mapping of fields, got {type(raw).__name__}"
+        )
+    cycle = _self_reference(raw)
+    if cycle is not None:
+        raise SpecError(
+            one_line(
+                f"{source}: {cycle}: a YAML alias inside its own anchor makes this value contain "
+                "itself"
+            )
         )
     if default_name and "name" not in raw:
         raw["name"] = re.sub(r"[^A-Za-z0-9_.\-]", "-", default_name)
@@ -389,6 +453,10 @@ def hyperparameter_models(family: str) -> dict[str, Any]:
 
 def _check_value(model: type[BaseModel], name: str, value: Any) -> str | None:
     """Validate one hyperparameter value against its family's field; return the error or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        # The models accept infinity where only a lower bound is set (lr, weight_decay); no
+        # hyperparameter means anything at infinity.
+        return "must be a finite number"
     try:
         # Validate through the whole model (every other field has a default) so the field's
         # constraints and validators apply exactly as they will when a trial is built.
@@ -405,7 +473,7 @@ def check_semantics(spec: StudySpec, source: str, base_dir: Path | None = None) 
     from hpo.training.metrics import OBJECTIVE_METRICS
 
     def fail(field: str, message: str) -> None:
-        raise SpecError(f"{source}: {field}: {message}")
+        raise SpecError(one_line(f"{source}: {field}: {message}"))
 
     # data: the source's own options
     try:
@@ -488,7 +556,7 @@ def check_semantics(spec: StudySpec, source: str, base_dir: Path | None = None) 
         try:
             grid_search_space(spec.search)
         except ValueError as exc:
-            raise SpecError(f"{source}: {exc}") from None
+            raise SpecError(one_line(f"{source}: {exc}")) from None
     if spec.multi_objective:
         if spec.pruner is not None and spec.pruner.name != "none":
             fail(

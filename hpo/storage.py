@@ -67,6 +67,33 @@ def supports_heartbeat(url: str) -> bool:
     return not url.startswith("journal:")
 
 
+def check_storage_url(url: str) -> None:
+    """Raise :class:`StorageError` for a URL no storage can be opened from, without connecting.
+
+    Called before a study starts, so that a mistyped URL is refused before anything (the
+    tracking store, a lock file) is created; whether the database answers is only known later.
+    """
+    shown = mask_url(url)
+    if url.startswith("journal:"):
+        if not url.removeprefix("journal:").removeprefix("//"):
+            raise StorageError(f"storage: a journal URL needs a file path, got '{shown}'")
+        return
+    if "://" not in url:
+        raise StorageError(
+            f"storage: invalid URL '{shown}'; expected sqlite:///file.db, "
+            "postgresql+psycopg://user:pass@host/db or journal:file.log"
+        )
+    from sqlalchemy.engine import make_url
+
+    with _storage_errors(url):
+        try:
+            parsed = make_url(url)
+        except ValueError as exc:  # a port that is not a number
+            raise StorageError(f"storage: invalid URL '{shown}': {exc}") from None
+        # Finds the database's dialect and imports its driver.
+        parsed.get_dialect().import_dbapi()
+
+
 def open_storage(
     url: str,
     *,
@@ -79,26 +106,18 @@ def open_storage(
     heartbeat every ``heartbeat.interval`` seconds and a trial silent for ``heartbeat.grace``
     seconds is failed, then handed to ``on_stale`` (see :class:`hpo.worker.StaleTrialHandler`).
     """
-    import sqlalchemy.exc
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
-    shown = mask_url(url)
+    check_storage_url(url)
     if url.startswith("journal:"):
         path = url.removeprefix("journal:").removeprefix("//")
-        if not path:
-            raise StorageError(f"storage: a journal URL needs a file path, got '{shown}'")
         try:
             return JournalStorage(JournalFileBackend(path))
         except OSError as exc:
             raise StorageError(f"storage: cannot open journal file '{path}': {exc}") from None
 
-    scheme = url.split(":", 1)[0] if "://" in url else ""
-    if not scheme:
-        raise StorageError(
-            f"storage: invalid URL '{shown}'; expected sqlite:///file.db, "
-            "postgresql+psycopg://user:pass@host/db or journal:file.log"
-        )
+    scheme = url.split(":", 1)[0]
     engine_kwargs: dict[str, Any] = {}
     if scheme.startswith("sqlite"):
         # pysqlite opens a transaction right before the first write; "IMMEDIATE" makes that
@@ -117,15 +136,25 @@ def open_storage(
             "grace_period": heartbeat.grace,
             "heartbeat_stale_trial_callback": on_stale,
         }
+    with _storage_errors(url), warnings.catch_warnings():
+        # heartbeat_interval is marked experimental; it is what we rely on, on purpose.
+        warnings.simplefilter("ignore")
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+
+
+@contextmanager
+def _storage_errors(url: str) -> Iterator[None]:
+    """Turn SQLAlchemy's errors on the database at ``url`` into one-line storage errors."""
+    import sqlalchemy.exc
+
+    shown = mask_url(url)
     try:
-        with warnings.catch_warnings():
-            # heartbeat_interval is marked experimental; it is what we rely on, on purpose.
-            warnings.simplefilter("ignore")
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
-    except sqlalchemy.exc.ArgumentError as exc:
-        raise StorageError(f"storage: invalid URL '{shown}': {_first_line(exc)}") from None
+        yield
+    # NoSuchModuleError first: it is a kind of ArgumentError, with a clearer message of its own.
     except sqlalchemy.exc.NoSuchModuleError:
         raise StorageError(f"storage: unsupported database in URL '{shown}'") from None
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise StorageError(f"storage: invalid URL '{shown}': {_first_line(exc)}") from None
     except ModuleNotFoundError as exc:
         raise StorageError(
             f"storage: the driver for '{shown}' is not installed ({exc.name})"
@@ -197,15 +226,19 @@ def study_lock(url: str, name: str) -> Iterator[None]:
 def _postgres_lock(url: str, key: int) -> Iterator[None]:
     import sqlalchemy
 
-    engine = _LOCK_ENGINES.get(url)
-    if engine is None:
-        # A pool of its own: the lock's connection is never one Optuna is using for a
-        # transaction, and pre-ping replaces connections a database restart has closed.
-        engine = sqlalchemy.create_engine(
-            url, pool_pre_ping=True, pool_size=1, connect_args={"connect_timeout": 10}
-        )
-        _LOCK_ENGINES[url] = engine
-    with engine.connect() as connection:
+    # The lock is the first use of the database when a study starts: an unreachable server or a
+    # bad URL must be a one-line StorageError here too, not a traceback.
+    with _storage_errors(url):
+        engine = _LOCK_ENGINES.get(url)
+        if engine is None:
+            # A pool of its own: the lock's connection is never one Optuna is using for a
+            # transaction, and pre-ping replaces connections a database restart has closed.
+            engine = sqlalchemy.create_engine(
+                url, pool_pre_ping=True, pool_size=1, connect_args={"connect_timeout": 10}
+            )
+            _LOCK_ENGINES[url] = engine
+        connection = engine.connect()
+    with connection:
         connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
         connection.commit()
         try:

@@ -32,7 +32,13 @@ from hpo.spec import (
     spec_base_dir,
     study_families,
 )
-from hpo.storage import mask_url, open_storage, study_lock, supports_heartbeat
+from hpo.storage import (
+    check_storage_url,
+    mask_url,
+    open_storage,
+    study_lock,
+    supports_heartbeat,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -269,6 +275,8 @@ def start_session(
     from hpo.tracking.runs import StudyTracker
     from hpo.worker import StaleTrialHandler
 
+    # A mistyped storage URL is refused before the tracking store or a lock file is created.
+    check_storage_url(storage_url)
     tracker = StudyTracker(tracking_uri, spec.name)
     heartbeat = spec.heartbeat if supports_heartbeat(storage_url) else None
     handler = StaleTrialHandler(spec.heartbeat, tracker)

@@ -151,7 +151,9 @@ class CsvSource(DataSource):
         if n_unlabelled == len(df):
             raise DataError(f"data.target: column '{o.target}' in {path} has no values")
         if n_unlabelled:
-            df = df.loc[known].reset_index(drop=True)
+            # The index keeps the file's row numbers (0-based data rows) for messages below;
+            # everything after selects rows by position.
+            df = df.loc[known]
         info["dropped_rows_missing_target"] = n_unlabelled
         classes, y = _encode_target(df[o.target])
         if len(classes) < 2:
@@ -176,6 +178,7 @@ class CsvSource(DataSource):
         info["dropped_empty_columns"] = empty
         categorical = [c for c in features if c in forced or not _is_numeric(df[c])]
         numeric = [c for c in features if c not in categorical]
+        _check_encodable(df, numeric, categorical, forced, path)
 
         # -- split, then fit on the training rows only -------------------------------------
         idx = split_indices(y, split, classes=classes, where=f"data.target: {path}")
@@ -220,6 +223,53 @@ class CsvSource(DataSource):
             preprocessor=preprocessor,
             info=info,
         )
+
+
+#: A categorical column with more distinct values than this is refused: one-hot encoding would
+#: add that many dense features to every row (memory for rows × categories floats).
+MAX_CATEGORIES = 1000
+#: From this many rows on, a categorical column whose every value differs (an id, free text) is
+#: refused: each row is its own category, so no validation row's value was seen in training.
+ALL_DISTINCT_MIN_ROWS = 20
+
+
+def _check_encodable(
+    df: pd.DataFrame, numeric: list[str], categorical: list[str], forced: list[str], path: Path
+) -> None:
+    """Raise :class:`DataError` for a feature column the preprocessing cannot turn into numbers.
+
+    Without these checks an infinite number fails deep inside scikit-learn's scaler with a
+    traceback, and an id or free-text column is one-hot encoded into one useless feature per row.
+    """
+    for c in numeric:
+        # pandas reads "inf" and overflowing numbers (1e400) as infinity; neither the imputer
+        # nor the scaler takes it.
+        bad = np.isinf(df[c].to_numpy(dtype=np.float64))
+        if bad.any():
+            first, more = int(np.argmax(bad)), int(bad.sum()) - 1
+            also = f" and {more} more row(s)" if more else ""
+            raise DataError(
+                f"data.path: column {c!r} of {path} holds an infinite number in data row "
+                f"{int(df.index[first]) + 1} ({df[c].iloc[first]}){also}; write a finite number, "
+                "or leave the cell empty to have it imputed"
+            )
+    for c in categorical:
+        values = df[c].dropna()
+        distinct = int(values.nunique())
+        every_row = distinct == len(values) and len(values) >= ALL_DISTINCT_MIN_ROWS
+        if distinct > MAX_CATEGORIES or every_row:
+            why = (
+                "every row has its own value (an id or free text?), so no validation row's "
+                "category would have been seen in training"
+                if every_row
+                else f"one-hot encoding allows at most {MAX_CATEGORIES}"
+            )
+            kind = "categorical column" if c in forced else "text column"
+            raise DataError(
+                f"data.path: {kind} {c!r} of {path} cannot be one-hot encoded: {distinct} "
+                f"distinct values in {len(values)} rows (e.g. {str(values.iloc[0])!r}); {why}. "
+                "List it in data.drop, or turn it into numbers"
+            )
 
 
 def _read(path: Path, sep: str) -> pd.DataFrame:
