@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # torch first, pinned: any unpinned torch requirement would pull a newer CUDA build (gigabytes).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench browser clean
 
 install: $(VENV)/.installed
 
@@ -27,8 +27,20 @@ lint: install
 	$(BIN)/ruff format --check hpo tests $(wildcard benchmarks)
 	$(BIN)/mypy hpo
 
-test: install lint  ## the whole suite (GPU tests skip themselves without CUDA)
+test: install lint browser  ## the whole suite (GPU tests skip themselves without CUDA)
 	$(BIN)/python -m pytest -q
+
+# Debian's Chromium and ChromeDriver for the MLflow UI browser test (tests/integration/test_ui.py).
+# Installed once, as root or with passwordless sudo; elsewhere that test skips and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver for the browser test"; \
+	    ($$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+	      || echo "could not install chromium: the browser test will be skipped"; \
+	  else echo "no root, sudo or apt-get: the browser test will be skipped"; fi; \
+	fi
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -79,7 +79,11 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
             f"models:/{c.name}@champion; serve it with: hpo serve {c.name}"
         )
     uri = result.tracking_uri
-    where = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    # MLflow 3's UI opens on its GenAI views unless told this is model training.
+    where = (
+        f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+        "?workflowType=machine_learning"
+    )
     if uri.startswith(("http://", "https://")):
         console.print(f"MLflow: {uri.rstrip('/')}/{where}")
     else:

@@ -79,6 +79,10 @@ MAX_METRICS_PER_BATCH = 1000
 #: a fast one, the common case in a search, pays for one write instead of fifteen.
 EPOCH_FLUSH_SECONDS = 2.0
 
+#: The experiment tag MLflow's UI reads to show an experiment as model training (its runs), not
+#: as a GenAI app (traces); the value is the UI's own name for that kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 #: Seconds the reachability check of an HTTP tracking server may take.
 CONNECT_TIMEOUT_SECONDS = 3.0
 
@@ -378,7 +382,13 @@ class StudyTracker:
         from mlflow.store.db.db_types import DATABASE_ENGINES
         from mlflow.utils.uri import get_uri_scheme
 
-        tags = [ExperimentTag("hpo.study", self.study_name)]
+        tags = [
+            ExperimentTag("hpo.study", self.study_name),
+            # What MLflow's UI records when a user classifies an experiment: model training,
+            # not a GenAI app. The UI's global GenAI / Model-training switch still picks the
+            # first view, so the links hpo prints also carry ?workflowType=machine_learning.
+            ExperimentTag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND),
+        ]
         scheme = get_uri_scheme(self.tracking_uri)
         if scheme.split("+")[0] in DATABASE_ENGINES:
             # The artifact location must contain the experiment id, known only once the row

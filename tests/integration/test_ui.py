@@ -15,7 +15,10 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,8 +53,19 @@ def post(url: str, body: dict) -> dict:
         return dict(json.loads(response.read()))
 
 
-@pytest.mark.slow
-def test_hpo_ui_serves_the_study_runs_and_plots(tmp_path: Path) -> None:
+@dataclass
+class UI:
+    """A 2-trial study's store served by ``hpo ui``."""
+
+    base: str
+    experiment_id: str
+    parent: dict
+    children: list[dict]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
+    tmp_path = tmp_path_factory.mktemp("ui")
     (tmp_path / "s.yaml").write_text(SPEC)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HPO_STORAGE")}
     hpo = [sys.executable, "-m", "hpo"]
@@ -80,8 +94,6 @@ def test_hpo_ui_serves_the_study_runs_and_plots(tmp_path: Path) -> None:
             assert server.poll() is None, "hpo ui exited"
             assert time.monotonic() < deadline, "hpo ui did not answer in 90 s"
             time.sleep(0.5)
-
-        assert b"<html" in get(f"{base}/").lower()  # the UI itself
         query = urllib.parse.urlencode({"experiment_name": "ui-study"})
         exp = json.loads(get(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}"))
         exp_id = exp["experiment"]["experiment_id"]
@@ -92,16 +104,125 @@ def test_hpo_ui_serves_the_study_runs_and_plots(tmp_path: Path) -> None:
             if not any(t["key"] == "mlflow.parentRunId" for t in r["data"].get("tags", []))
         ]
         children = [r for r in runs if r not in parents]
-        assert len(parents) == 1 and len(children) == 2
-        child = children[0]["info"]["run_id"]
-        query = urllib.parse.urlencode({"run_id": child})
-        files = {
-            f["path"]
-            for f in json.loads(get(f"{base}/api/2.0/mlflow/artifacts/list?{query}"))["files"]
-        }
-        assert {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"} <= files
-        query = urllib.parse.urlencode({"path": "roc_curves.png", "run_uuid": child})
-        assert get(f"{base}/get-artifact?{query}")[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(parents) == 1
+        yield UI(base, exp_id, parents[0], children)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_hpo_ui_serves_the_study_runs_and_plots(ui: UI) -> None:
+    base = ui.base
+    assert b"<html" in get(f"{base}/").lower()  # the UI itself
+    assert len(ui.children) == 2
+    child = ui.children[0]["info"]["run_id"]
+    query = urllib.parse.urlencode({"run_id": child})
+    files = {
+        f["path"] for f in json.loads(get(f"{base}/api/2.0/mlflow/artifacts/list?{query}"))["files"]
+    }
+    assert {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"} <= files
+    query = urllib.parse.urlencode({"path": "roc_curves.png", "run_uuid": child})
+    assert get(f"{base}/get-artifact?{query}")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- a real browser ----------------------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+#: Headless, as root in a container, and without the browser's own calls home (updates, sync,
+#: metrics): the machine has no internet, and a test must not wait on it.
+BROWSER_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-domain-reliability",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--metrics-recording-only",
+)
+#: Where the browser test leaves its screenshots (CI keeps this folder as the test's artifact).
+SCREENSHOTS = Path(os.environ.get("HPO_TEST_ARTIFACTS", "test-artifacts"))
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed and `make browser` could "
+            "not install them (it needs root or sudo and the Debian registry)"
+        )
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _png_width(data: bytes) -> int:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big")  # IHDR: width, then height
+
+
+@pytest.mark.slow
+def test_a_browser_opens_a_trial_and_its_plots_load(ui: UI, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def by_text(text: str) -> Any:
+        def find(driver: Any) -> Any:
+            found = driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']")
+            return next((e for e in found if e.is_displayed()), None)
+
+        return WebDriverWait(browser, 60).until(find, f"'{text}' never showed")
+
+    # The experiment page lists the study's parent run; unfold it and open the first trial.
+    child = next(r for r in ui.children if r["info"]["run_name"] == "trial-0000")
+    run_id = child["info"]["run_id"]
+    browser.get(f"{ui.base}/#/experiments/{ui.experiment_id}?workflowType=machine_learning")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+
+        def parent_row(driver: Any) -> Any:
+            rows = driver.find_elements(By.CSS_SELECTOR, "[role='row']")
+            return next((r for r in rows if "ui-study" in r.text.split("\n")), None)
+
+        row = WebDriverWait(browser, 60).until(parent_row, "the study's parent run is not listed")
+        row.find_element(By.CSS_SELECTOR, "button").click()  # unfold its child runs
+        by_text("trial-0000").click()
+        WebDriverWait(browser, 60).until(lambda d: run_id in d.current_url, "the run did not open")
+        by_text("Artifacts").click()
+        for plot in ("confusion_matrix.png", "roc_curves.png"):
+            by_text(plot).click()
+            query = urllib.parse.urlencode({"path": plot, "run_uuid": run_id})
+            width = _png_width(get(f"{ui.base}/get-artifact?{query}"))
+
+            def loaded(driver: Any, width: int = width) -> bool:
+                # The preview is an <img> of the fetched PNG: loaded, and the PNG's own width.
+                return bool(
+                    driver.execute_script(
+                        "return [...document.images].some("
+                        "i => i.src.startsWith('blob:') && i.complete && i.naturalWidth === arguments[0])",
+                        width,
+                    )
+                )
+
+            WebDriverWait(browser, 60).until(loaded, f"{plot} did not load in the page")
+            browser.save_screenshot(str(SCREENSHOTS / f"mlflow-ui-{plot}"))
+    except Exception:
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow-ui-failure.png"))
+        raise
