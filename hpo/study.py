@@ -126,7 +126,11 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
     cfg = spec.pruner_spec
     if cfg.name == "median":
-        return p.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs)
+        from hpo.pruning import cached
+
+        return cached(
+            p.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.warmup_epochs)
+        )
     if cfg.name == "successive_halving":
         return p.SuccessiveHalvingPruner(
             min_resource=cfg.min_epochs, reduction_factor=cfg.reduction_factor

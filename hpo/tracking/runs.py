@@ -33,7 +33,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,46 +131,11 @@ def default_artifact_root(tracking_uri: str) -> str:
     return str(base / ARTIFACTS_DIR)
 
 
-#: Engines already switched to WAL (see :func:`_tune_sqlite`); MLflow shares one per database.
-_TUNED_ENGINES: weakref.WeakSet[Any] = weakref.WeakSet()
-_TUNE_LOCK = threading.Lock()
-
-
 def _tune_sqlite(store: Any) -> None:
-    """Put a SQLite store in WAL mode with ``synchronous=NORMAL``: commits stop waiting on fsync.
+    """Put a SQLite store in WAL mode with ``synchronous=NORMAL`` (see :mod:`hpo.sqlite_tuning`)."""
+    from hpo.sqlite_tuning import tune_sqlite_engine
 
-    In its default rollback-journal mode every commit fsyncs twice: measured here, each write
-    (create a run, log a batch, end a run) costs 16-24 ms, about 200 ms per trial for its ~12
-    writes. In WAL mode with ``synchronous=NORMAL`` the same writes cost 1.5-6 ms. The database
-    stays consistent after a crash of the process or the machine (a power cut may lose the
-    last commits, not corrupt the file); readers (``mlflow ui``) no longer block writers. WAL is
-    a property of the database file and needs a local disk, as SQLite always does.
-    """
-    import sqlalchemy
-    from sqlalchemy import event
-
-    engine = getattr(store, "engine", None)
-    if not isinstance(engine, sqlalchemy.engine.Engine) or engine.dialect.name != "sqlite":
-        return
-    if engine.url.database in (None, "", ":memory:"):
-        return
-    with _TUNE_LOCK:
-        if engine in _TUNED_ENGINES:
-            return
-        _TUNED_ENGINES.add(engine)
-
-        def _synchronous_normal(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        event.listen(engine, "connect", _synchronous_normal)
-        try:
-            with engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-        except sqlalchemy.exc.OperationalError:
-            pass  # another process holds a lock: keep the current mode, only slower
-        engine.dispose()  # pooled connections predate the listener
+    tune_sqlite_engine(getattr(store, "engine", None))
 
 
 def _is_server_database(uri: str) -> bool:
