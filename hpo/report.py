@@ -156,10 +156,11 @@ def print_best(study: optuna.Study) -> None:
 
 def print_trials(study: optuna.Study, limit: int = 50) -> None:
     """A table of the study's trials (the last ``limit``, 0 for all)."""
-    trials = study.get_trials(deepcopy=False)
-    shown = trials[-limit:] if limit else trials
+    from hpo.study import last_trials
+
+    shown, total = last_trials(study, limit)
     params = sorted({p for t in shown for p in t.params})
-    table = Table(title=f"{study.study_name}: {len(trials)} trials", title_justify="left")
+    table = Table(title=f"{study.study_name}: {total} trials", title_justify="left")
     for col in ("#", "state", "value", *params, "seconds"):
         table.add_column(col, justify="right" if col in ("#", "value", "seconds") else "left")
     for t in shown:
@@ -172,7 +173,7 @@ def print_trials(study: optuna.Study, limit: int = 50) -> None:
             _fmt(seconds),
         )
     console.print(table)
-    if limit and len(trials) > limit:
+    if limit and total > limit:
         console.print(f"(showing the last {limit}; --limit 0 shows all)")
 
 
