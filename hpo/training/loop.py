@@ -74,6 +74,10 @@ class TrainResult:
     epochs_run: int = 0
     #: Training samples processed (all epochs) per second of ``train_seconds``.
     samples_per_second: float = 0.0
+    #: One row per epoch: how many validation samples the model assigned to each class
+    #: (``n_classes`` counts of the argmax, summing to the validation size; empty without a
+    #: validation split). Shows a model collapsing onto few classes, or spreading out, as it trains.
+    val_prediction_counts: list[list[int]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -100,8 +104,10 @@ def _evaluate(
     X: torch.Tensor,
     y: torch.Tensor,
     precision: Callable[[], AbstractContextManager[Any]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy and number of correct predictions, as device tensors (no sync).
+    n_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy, number of correct predictions and predictions per class (a
+    ``n_classes`` vector), as device tensors (no sync).
 
     Runs under the same ``precision`` context as training, so the validation loss measures the
     numerics the model was trained with.
@@ -109,12 +115,16 @@ def _evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=X.device)
     correct = torch.zeros((), dtype=torch.long, device=X.device)
+    counts = torch.zeros(n_classes, dtype=torch.long, device=X.device)
     with torch.no_grad(), precision():
         for xb, yb in zip(X.split(EVAL_BATCH_SIZE), y.split(EVAL_BATCH_SIZE), strict=True):
             logits = model(xb)
+            predicted = logits.argmax(dim=1)
             loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-            correct += (logits.argmax(dim=1) == yb).sum()
-    return loss_sum, correct
+            correct += (predicted == yb).sum()
+            # The distribution of predicted classes per epoch costs one bincount here.
+            counts += torch.bincount(predicted, minlength=n_classes)[:n_classes]
+    return loss_sum, correct, counts
 
 
 def _batch_augmenter(
@@ -209,6 +219,7 @@ def train(
     generator = torch.Generator().manual_seed(seed)
 
     history: list[dict[str, float]] = []
+    prediction_counts: list[list[int]] = []
     for epoch in range(1, epochs + 1):
         model.train()
         batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -270,10 +281,14 @@ def train(
             raise TrainingDiverged(epoch, train_loss)
 
         if n_val:
-            val_loss_sum, val_correct = _evaluate(model, X_val, y_val, precision)
+            val_loss_sum, val_correct, val_counts = _evaluate(
+                model, X_val, y_val, precision, data.n_classes
+            )
             val_loss_total, val_correct_total = torch.stack(
                 [val_loss_sum, val_correct.to(val_loss_sum.dtype)]
             ).tolist()
+            # Already computed by the sync above: one more small copy, exact integers.
+            prediction_counts.append(val_counts.tolist())
             val_loss, val_accuracy = val_loss_total / n_val, val_correct_total / n_val
             # The last step of the epoch may have broken the weights after its loss was computed.
             if not math.isfinite(val_loss):
@@ -300,6 +315,7 @@ def train(
         train_seconds=seconds,
         epochs_run=len(history),
         samples_per_second=len(history) * n_used / seconds,
+        val_prediction_counts=prediction_counts,
     )
 
 
