@@ -210,7 +210,15 @@ class Objective:
             "train_seconds",
         ):
             self._set_attr(trial, key, final[key])
-        run.log_plots(data.y_val, fitted.proba, data.classes, fitted.result.history)
+        run.log_plots(
+            data.y_val,
+            fitted.proba,
+            data.classes,
+            fitted.result.history,
+            prediction_counts=fitted.result.val_prediction_counts,
+            data=data,
+            predict_proba=lambda X: predict_proba(fitted.model, X, self.device),
+        )
         model_uri = run.log_model(fitted.model.cpu(), data.X_train[:5], self.model_metadata)
         self._set_attr(trial, "model_uri", model_uri)
         values = [final[m] for m in self.metrics]

@@ -1,4 +1,5 @@
-"""The figures attached to every trial run: confusion matrix, ROC curves, learning curves.
+"""The figures attached to every trial run: confusion matrix, ROC curves, learning curves, the
+distribution of predicted classes by epoch, and (for data with two features) the decision boundary.
 
 Figures are built with the object-oriented API (``matplotlib.figure.Figure`` rendered by
 ``FigureCanvasAgg``), never ``pyplot``: pyplot keeps global state (a current figure, a backend
@@ -14,19 +15,22 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 #: Rendering resolution; 100 dpi keeps a 5x4 figure at ~500x400 px, plenty for the MLflow UI.
 DPI = 100
 #: Tick labels longer than this are shortened (CSV class names can be whole sentences).
 MAX_LABEL_CHARS = 14
+#: Classes beyond which the prediction-distribution figure has no legend.
+MAX_LEGEND_CLASSES = 20
 
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
@@ -227,6 +231,200 @@ def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
         # Whole epochs only; a tick per epoch would cost ~20 ms more per figure.
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle("Learning curves", fontsize=11)
+    return fig
+
+
+#: Grid points per axis of the decision-boundary figure: 150 x 150 = 22,500 predictions (one
+#: forward pass), fine enough that the boundary looks smooth at 100 dpi.
+BOUNDARY_GRID = 150
+
+
+def decision_boundary_figure(
+    predict_proba: Callable[[np.ndarray], np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray | Sequence[int],
+    classes: Sequence[str],
+    *,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | Sequence[int] | None = None,
+    feature_names: Sequence[str] | None = None,
+    grid: int = BOUNDARY_GRID,
+) -> Figure:
+    """The regions a 2-feature classifier assigns to each class, with the data on top.
+
+    ``predict_proba`` maps an ``(m, 2)`` float32 array of points to ``(m, n_classes)``
+    probabilities; it is called once, on a ``grid`` x ``grid`` mesh covering the points with a
+    10 % margin. The background is the predicted class, shaded by its probability (pale where
+    the model hesitates); the black line is the boundary: for two classes the 0.5 level of
+    P(``classes[1]``), otherwise where the predicted class changes. Training points ``X``/``y``
+    are filled circles, validation points (if given) outlined squares.
+    """
+    from matplotlib.colors import to_rgb
+
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"a decision boundary needs 2 features, got data of shape {X.shape}")
+    n = len(classes)
+    points = [X] if X_val is None else [X, np.asarray(X_val, dtype=np.float64).reshape(-1, 2)]
+    everything = np.concatenate(points)
+    low, high = everything.min(axis=0), everything.max(axis=0)
+    margin = np.maximum((high - low) * 0.1, 1e-3)
+    low, high = low - margin, high + margin
+    xs = np.linspace(low[0], high[0], grid)
+    ys = np.linspace(low[1], high[1], grid)
+    xx, yy = np.meshgrid(xs, ys)
+    mesh = np.column_stack([xx.ravel(), yy.ravel()]).astype(np.float32)
+    proba = np.asarray(predict_proba(mesh), dtype=np.float64).reshape(grid, grid, -1)
+    finite = bool(np.isfinite(proba).all())
+
+    colors = np.array([to_rgb(c) for c in _class_colors(n)])
+    fig = Figure(figsize=(5.4, 4.4), dpi=DPI)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.92)
+    ax = fig.add_subplot()
+    if finite:
+        predicted = proba.argmax(axis=2)
+        confidence = proba.max(axis=2)
+        # Blend each class colour with white by the model's confidence: 1/n (a coin toss) is
+        # white, certainty is the colour at 45 %, light enough for the points to stand out.
+        strength = np.clip((confidence - 1.0 / n) / (1.0 - 1.0 / n), 0.0, 1.0)[..., None] * 0.45
+        image = 1.0 - strength * (1.0 - colors[predicted])
+        ax.imshow(
+            image,
+            origin="lower",
+            extent=(xs[0], xs[-1], ys[0], ys[-1]),
+            aspect="auto",
+            interpolation="bilinear",
+        )
+        if n == 2:
+            ax.contour(xx, yy, proba[..., 1], levels=[0.5], colors="black", linewidths=1.2)
+        else:
+            ax.contour(
+                xx,
+                yy,
+                predicted,
+                levels=np.arange(n) + 0.5,
+                colors="black",
+                linewidths=0.8,
+            )
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no boundary: the predicted\nprobabilities are not finite",
+            ha="center",
+            transform=ax.transAxes,
+        )
+
+    truth = np.asarray(y, dtype=np.int64).ravel()
+    val_truth = None if y_val is None else np.asarray(y_val, dtype=np.int64).ravel()
+    for k in range(n):
+        color = colors[k]
+        mine = truth == k
+        ax.scatter(
+            X[mine, 0],
+            X[mine, 1],
+            s=16,
+            color=color,
+            edgecolors="black",
+            linewidths=0.4,
+            label=f"{_short(classes[k])} (train)",
+        )
+        if X_val is not None and val_truth is not None:
+            Xv = points[1]
+            theirs = val_truth == k
+            ax.scatter(
+                Xv[theirs, 0],
+                Xv[theirs, 1],
+                s=22,
+                marker="s",
+                facecolors="none",
+                edgecolors=[color],
+                linewidths=1.2,
+                label=f"{_short(classes[k])} (validation)",
+            )
+    ax.set_xlim(xs[0], xs[-1])
+    ax.set_ylim(ys[0], ys[-1])
+    names = list(feature_names) if feature_names is not None and len(feature_names) == 2 else []
+    ax.set_xlabel(names[0] if names else "feature 1", fontsize=9)
+    ax.set_ylabel(names[1] if names else "feature 2", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.set_title("Decision boundary (scaled features)", fontsize=10)
+    ax.legend(
+        loc="best",
+        fontsize=6 if n > 3 else 7,
+        ncol=1 if n <= 3 else 2,
+        framealpha=0.85,
+        handletextpad=0.3,
+    )
+    return fig
+
+
+def prediction_distribution_figure(
+    counts: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    y_true: np.ndarray | Sequence[int] | None = None,
+) -> Figure:
+    """How the validation predictions spread over the classes, epoch by epoch.
+
+    ``counts`` holds one row per epoch (from 1) of predicted-class counts, as the training loop
+    records them (``TrainResult.val_prediction_counts``). The main panel stacks each class's share
+    of the predictions; with ``y_true`` a bar at the right shows the labels' own shares, which a
+    good model approaches and a collapsed one (everything predicted as one class) does not.
+    """
+    n = len(classes)
+    table = np.asarray(counts, dtype=np.float64).reshape(-1, n) if len(counts) else np.zeros((0, n))
+    totals = np.maximum(table.sum(axis=1, keepdims=True), 1.0)
+    shares = table / totals
+    epochs = np.arange(1, len(table) + 1)
+    colors = _class_colors(n)
+
+    fig = Figure(figsize=(7.0, 3.8), dpi=DPI)
+    right = 0.74 if y_true is not None else 0.8
+    ax = fig.add_axes((0.09, 0.13, right - 0.09, 0.76))
+    labels = _short_labels(classes)
+    if len(epochs) > 1:
+        ax.stackplot(epochs, shares.T, colors=colors, linewidth=0.3, edgecolor="white")
+        ax.set_xlim(1, len(epochs))
+    else:
+        # One epoch (or none) has no area to stack: draw it as a bar.
+        bottom = 0.0
+        for k in range(n if len(epochs) else 0):
+            ax.bar([1], [shares[0, k]], bottom=bottom, color=colors[k], width=0.6)
+            bottom += shares[0, k]
+        ax.set_xlim(0.5, 1.5)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel("epoch", fontsize=9)
+    ax.set_ylabel("share of validation predictions", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("Predicted classes by epoch (validation)", fontsize=10)
+
+    if y_true is not None:
+        truth = np.asarray(y_true, dtype=np.int64).ravel()
+        true_shares = np.bincount(truth, minlength=n)[:n] / max(len(truth), 1)
+        bar = fig.add_axes((right + 0.015, 0.13, 0.05, 0.76))
+        bottom = 0.0
+        for k in range(n):
+            bar.bar([0], [true_shares[k]], bottom=bottom, color=colors[k], width=1.0)
+            bottom += true_shares[k]
+        bar.set_xlim(-0.5, 0.5)
+        bar.set_ylim(0.0, 1.0)
+        bar.set_xticks([0], ["labels"], fontsize=8)
+        bar.set_yticks([])
+    if n > MAX_LEGEND_CLASSES:
+        return fig  # a legend that long is unreadable; the colours run along viridis
+    handles = [Rectangle((0, 0), 1, 1, facecolor=colors[k], edgecolor="none") for k in range(n)]
+    fig.legend(
+        handles,
+        labels,
+        loc="center left",
+        bbox_to_anchor=(right + (0.08 if y_true is not None else 0.01), 0.51),
+        fontsize=7,
+        frameon=False,
+        handlelength=1.0,
+        title="class",
+        title_fontsize=8,
+    )
     return fig
 
 
