@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sklearn.datasets import make_blobs, make_classification, make_moons
 
 from hpo.data.base import SOURCES, Dataset, DataSource, SourceOptions, SplitOptions
@@ -30,6 +30,15 @@ class SyntheticOptions(SourceOptions):
     n_informative: int | None = Field(
         None, ge=1, description="classification: informative features (default: half, enough)"
     )
+
+    @model_validator(mode="after")
+    def _moons_are_2d(self) -> SyntheticOptions:
+        # Unset, n_features means 2 for moons: the validated options then say what is generated,
+        # and they validate again as they are (the data cache re-reads them from their dump).
+        # An explicit other value is refused when the data is generated (see ``load``).
+        if self.kind == "moons" and "n_features" not in self.model_fields_set:
+            self.n_features = 2
+        return self
 
 
 def _classification(o: SyntheticOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +108,7 @@ class SyntheticSource(DataSource):
         elif o.kind == "moons":
             if o.n_classes != 2:
                 raise DataError(f"data.n_classes: moons has exactly 2 classes, got {o.n_classes}")
-            if "n_features" in o.model_fields_set and o.n_features != 2:
+            if o.n_features != 2:
                 raise DataError(f"data.n_features: moons are always 2-D, got {o.n_features}")
             n_features = 2
             X, y = make_moons(n_samples=o.n_samples, noise=o.noise, random_state=o.random_state)
