@@ -83,7 +83,9 @@ def promote(
     trial already or at least as good. ``lineage`` adds tags (spec hash, seed …).
     """
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
+    from hpo.tracking.models import _GLOBAL_URI_LOCK
     from hpo.tracking.runs import _tracking_errors
 
     model_uri = trial.user_attrs.get("model_uri")
@@ -120,14 +122,17 @@ def promote(
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = client.create_model_version(
-            name,
-            source=model_uri,
-            run_id=run_id,
-            tags=tags,
-            model_id=model_id,
-            description=f"trial {trial.number}: {metric} = {value:.6g}",
-        )
+        # MLflow's SQL registry looks the run up through a client of the *global* tracking URI
+        # (MLflow 3.17), which would open (and create) ./mlflow.db: point it at the study's store.
+        with _GLOBAL_URI_LOCK, _use_tracking_uri(tracker.tracking_uri):
+            version = client.create_model_version(
+                name,
+                source=model_uri,
+                run_id=run_id,
+                tags=tags,
+                model_id=model_id,
+                description=f"trial {trial.number}: {metric} = {value:.6g}",
+            )
         client.set_registered_model_alias(name, CHAMPION_ALIAS, str(version.version))
         if run_id:
             client.set_tag(run_id, "hpo.champion_version", str(version.version))

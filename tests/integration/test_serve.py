@@ -181,3 +181,22 @@ def test_serve_without_a_champion_is_one_clear_line(workdir: Path) -> None:
     assert out.exit_code == 2
     assert "registered model 'nope' has no alias 'champion'" in out.output
     assert "Traceback" not in out.output
+
+
+def test_registering_touches_only_the_given_store(workdir: Path) -> None:
+    # MLflow's registry looks runs up through its global tracking URI; that must not create
+    # (or write to) ./mlflow.db when the study names another store.
+    (workdir / "s.yaml").write_text(
+        "name: elsewhere\ndata: {source: sklearn, name: iris}\ntrain: {epochs: 1}\n"
+        "search:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\ntrials: 1\n"
+    )
+    store = workdir / "team" / "ml.db"
+    store.parent.mkdir()
+    out = CliRunner().invoke(
+        main,
+        ["study", "start", "s.yaml", "-q", "--tracking-uri", f"sqlite:///{store}",
+         "--storage", f"sqlite:///{workdir / 'team' / 'hpo.db'}"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "models:/elsewhere@champion" in out.output
+    assert not (workdir / "mlflow.db").exists()
