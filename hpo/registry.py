@@ -7,7 +7,9 @@ study file can only name registered things (never an import path) and adding one
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -17,6 +19,21 @@ def did_you_mean(name: str, candidates: list[str] | tuple[str, ...]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` if none is close."""
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def import_submodules(package: str, path: Iterable[str]) -> list[str]:
+    """Import every module of ``package`` (its ``__path__`` is ``path``) but the private ones.
+
+    A package whose modules register themselves (``@FAMILIES.register("mlp")``) calls this from its
+    ``__init__``, so a new module in the folder is found without editing an import line. Names
+    starting with ``_`` are skipped. Returns the names imported, sorted (the order they ran in).
+    """
+    names = sorted(
+        info.name for info in pkgutil.iter_modules(path) if not info.name.startswith("_")
+    )
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+    return names
 
 
 class Registry(Generic[T]):

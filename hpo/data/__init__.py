@@ -1,8 +1,9 @@
 """Data sources: each turns the study file's ``data`` block into a split, preprocessed dataset.
 
-Importing this package registers every source in :data:`SOURCES`. Use :func:`load_dataset` (or
-:func:`load_dataset_cached`, which every trial of a process shares) and :func:`options_model` (the
-spec layer validates a source's own fields with it).
+Importing this package registers every source in :data:`SOURCES`: every module of the package is
+imported, so adding a source is one file with one decorator (``@SOURCES.register("name")``).
+Use :func:`load_dataset` (or :func:`load_dataset_cached`, which every trial of a process shares)
+and :func:`options_model` (the spec layer validates a source's own fields with it).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-# Imported for their side effect: each module registers its source.
-from hpo.data import csv, images, npz, sklearn, synthetic  # noqa: F401
 from hpo.data.base import SOURCES, Dataset, DataSource, SourceOptions, SplitOptions
 from hpo.errors import DataError
+from hpo.registry import import_submodules
+
+# Each source module registers itself in SOURCES when imported.
+import_submodules(__name__, __path__)
 
 __all__ = [
     "SOURCES",

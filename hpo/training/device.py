@@ -1,11 +1,14 @@
 """Resolve the study file's ``train.device`` to a :class:`torch.device`, failing early and clearly.
 
-Also the per-device speed settings of the training loop: bf16 autocast, channels-last memory
-format and cuDNN autotuning, all on CUDA only (on the CPU they cost time and change results).
+Also the per-device settings of the training loop: bf16 autocast and channels-last memory format,
+on CUDA only (on the CPU they cost time and change results), and cuDNN's kernel choice, which is
+deterministic by default so a seeded CUDA run repeats (``HPO_CUDNN_BENCHMARK=1`` trades that for
+autotuning speed).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
@@ -18,6 +21,8 @@ from hpo.errors import DeviceError
 
 _FIELD = "train.device"
 _ACCEPTED = "auto, cpu, cuda, cuda:N or mps"
+#: Set to 1 (or true, yes, on) to let cuDNN autotune convolutions: faster, not bit-repeatable.
+BENCHMARK_ENV = "HPO_CUDNN_BENCHMARK"
 
 
 def _mps_available() -> bool:
@@ -99,11 +104,28 @@ def use_channels_last(device: torch.device, model: nn.Module, input_ndim: int) -
     )
 
 
-def configure_backends(device: torch.device) -> None:
-    """Per-device global switches: on CUDA, let cuDNN benchmark and pick the fastest kernels.
+def cudnn_benchmark_requested() -> bool:
+    """Whether ``$HPO_CUDNN_BENCHMARK`` asks for cuDNN autotuning (1, true, yes or on)."""
+    return os.environ.get(BENCHMARK_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
-    Input shapes are fixed within a training run (one batch size plus at most a shorter last
-    batch), so the one-off autotuning cost is repaid from the second epoch on.
+
+def configure_backends(device: torch.device, *, benchmark: bool | None = None) -> None:
+    """Per-device global switches; on CUDA, how cuDNN picks its convolution kernels.
+
+    By default (``benchmark`` False) cuDNN uses deterministic kernels and no autotuning: with
+    autotuning, each run times the candidate kernels and may pick a different one (some of them
+    non-deterministic), so two runs of one seeded trial differ in the last bits and then more.
+    ``benchmark=True`` (default: :func:`cudnn_benchmark_requested`) turns autotuning on instead:
+    input shapes are fixed within a run, so its one-off cost is repaid from the second epoch on.
+
+    Only cuDNN's switches are set: ``torch.use_deterministic_algorithms`` would also need
+    ``CUBLAS_WORKSPACE_CONFIG`` set before CUDA starts, and raises on the few ops without a
+    deterministic kernel, so it is left to the user. The CPU is left alone (its kernels are
+    deterministic already).
     """
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if device.type != "cuda":
+        return
+    if benchmark is None:
+        benchmark = cudnn_benchmark_requested()
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.deterministic = not benchmark

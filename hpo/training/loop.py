@@ -9,8 +9,9 @@ Design notes (throughput is benchmarked against a minimal hand-written torch loo
   never forces a host/GPU sync per batch (no ``.item()`` in the inner loop).
 * Divergence (a NaN or infinite loss) is detected at the first batch and at each epoch end.
 * On CUDA only (see :mod:`hpo.training.device`): bf16 autocast for forward passes and losses,
-  channels-last memory format for conv models on image input, cuDNN autotuning. CPU runs are
-  untouched by all three, so they stay bit-for-bit reproducible.
+  channels-last memory format for conv models on image input, deterministic cuDNN kernels (or
+  autotuning with ``HPO_CUDNN_BENCHMARK=1``). CPU runs are untouched by all three, so they stay
+  bit-for-bit reproducible.
 * A data set's ``augmentation`` (if any) transforms each training mini-batch on the device, with
   a device generator seeded from ``seed``.
 

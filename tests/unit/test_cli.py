@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,14 +40,83 @@ def test_help_does_not_import_heavy_modules() -> None:
     assert out.stdout.strip() == ""
 
 
-def test_models_and_datasets_list() -> None:
+def table_rows(out: str) -> dict[str, list[str]]:
+    """A rich table's rows by their first cell, each cell's wrapped lines joined with spaces."""
+    rows: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.strip("│").split("│")]
+        if cells[0]:
+            current = rows.setdefault(cells[0], cells)
+        elif current is not None:
+            for i, cell in enumerate(cells[1:], start=1):
+                if cell:
+                    current[i] = f"{current[i]} {cell}".strip()
+    return rows
+
+
+def listed(cell: str) -> dict[str, str]:
+    """``"depth=3, width=32, path (required)"`` → ``{"depth": "3", "width": "32", "path": ...}``."""
+    pairs = {}
+    # split before each name, not inside a default's list ("['.png', '.jpg']")
+    for item in re.split(r", (?=[a-z_]+(?:=| |,|$))", cell):
+        name, _, default = item.partition("=")
+        pairs[name.split(" ")[0]] = default or item.removeprefix(name.split(" ")[0]).strip()
+    return pairs
+
+
+#: Every family with each hyperparameter and its default, as ``hpo models list`` shows them.
+FAMILY_LISTING = {
+    "mlp": {"depth": "2", "width": "128", "dropout": "0.0", "dropout_layers": "'all'",
+            "activation": "'relu'", "batch_norm": "False", "width_decay": "1.0"},
+    "cnn": {"depth": "3", "width": "32", "kernel_size": "3", "dropout": "0.0",
+            "batch_norm": "True", "activation": "'relu'", "pool": "True"},
+    "vgg": {"vgg_config": "'vgg11'", "width": "16", "batch_norm": "True", "dropout": "0.5",
+            "activation": "'relu'"},
+    "resnet": {"resnet_depth": "8", "width": "16", "dropout": "0.0", "batch_norm": "True",
+               "activation": "'relu'"},
+    "(every family)": {"batch_size": "64", "optimizer": "'adam'", "lr": "0.001",
+                       "weight_decay": "0.0", "momentum": "0.0"},
+}  # fmt: skip
+
+#: Every data source with each option (a default, "(required)", or "" when it has none).
+SOURCE_LISTING = {
+    "synthetic": {"kind": "'classification'", "n_samples": "1000", "n_features": "20",
+                  "n_classes": "2", "noise": "0.1", "random_state": "0", "n_informative": ""},
+    "sklearn": {"name": "'digits'", "images": "False", "augment": ""},
+    "csv": {"path": "(required)", "target": "(required)", "drop": "[]", "categorical": "",
+            "sep": "','"},
+    "npz": {"path": "(required)", "x_key": "'X'", "y_key": "'y'", "classes_key": "'classes'",
+            "layout": "'auto'", "augment": ""},
+    "images": {"path": "(required)", "size": "32", "color": "'auto'",
+               "extensions": "['.png', '.jpg', '.jpeg', '.bmp']", "augment": ""},
+    "(every source)": {"val_fraction": "0.25", "test_fraction": "0.0", "seed": "0"},
+}  # fmt: skip
+
+
+def test_models_list_shows_every_family_with_its_hyperparameters() -> None:
     code, out = run("models", "list")
     assert code == 0
-    assert "mlp" in out and "dropout" in out and "batch_size" in out
+    rows = table_rows(out)
+    assert set(rows) == set(FAMILY_LISTING)
+    for family, expected in FAMILY_LISTING.items():
+        _, description, hyperparameters = rows[family]
+        assert description, family
+        assert listed(hyperparameters) == expected, family
+    assert "dropout_layers" in rows["mlp"][1]  # the description says where the Dropout goes
+
+
+def test_datasets_list_shows_every_source_with_its_options() -> None:
     code, out = run("datasets", "list")
     assert code == 0
-    for source in ("synthetic", "sklearn", "csv"):
-        assert source in out
+    rows = table_rows(out)
+    assert set(rows) == set(SOURCE_LISTING)
+    for source, expected in SOURCE_LISTING.items():
+        _, description, options = rows[source]
+        assert description, source
+        assert listed(options) == expected, source
 
 
 def test_spec_validate_and_schema(tmp_path: Path) -> None:

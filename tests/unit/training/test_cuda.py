@@ -8,6 +8,7 @@ tests marked ``gpu`` need CUDA (``pytest -m gpu`` on a GPU machine) and are skip
 from __future__ import annotations
 
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -116,10 +117,70 @@ def test_channels_last_only_for_conv_models_on_4d_input_on_cuda() -> None:
     assert not use_channels_last(torch.device("mps"), cnn, 4)
 
 
-def test_cudnn_autotuning_is_left_alone_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    configure_backends(CPU)
+@pytest.fixture
+def cudnn_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restore cuDNN's global switches after the test; no $HPO_CUDNN_BENCHMARK during it."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
+    monkeypatch.delenv("HPO_CUDNN_BENCHMARK", raising=False)
+
+
+@pytest.mark.usefixtures("cudnn_flags")
+@pytest.mark.parametrize("device", ["cpu", "mps"])
+def test_cudnn_switches_are_left_alone_off_cuda(device: str) -> None:
+    for benchmark, deterministic in ((True, False), (False, True)):
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = deterministic
+        configure_backends(torch.device(device))
+        configure_backends(torch.device(device), benchmark=not benchmark)
+        assert torch.backends.cudnn.benchmark is benchmark
+        assert torch.backends.cudnn.deterministic is deterministic
+
+
+@pytest.mark.usefixtures("cudnn_flags")
+def test_cuda_runs_use_deterministic_cudnn_kernels_by_default() -> None:
+    # The switches are plain flags: setting them needs no GPU, only a CUDA device object.
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.deterministic = False
+    configure_backends(torch.device("cuda"))
     assert torch.backends.cudnn.benchmark is False
+    assert torch.backends.cudnn.deterministic is True
+    configure_backends(torch.device("cuda:1"))
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
+
+
+@pytest.mark.usefixtures("cudnn_flags")
+@pytest.mark.parametrize(
+    ("value", "autotune"),
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("", False),
+     ("false", False)],
+)  # fmt: skip
+def test_hpo_cudnn_benchmark_opts_into_autotuning(
+    value: str, autotune: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HPO_CUDNN_BENCHMARK", value)
+    configure_backends(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is autotune
+    assert torch.backends.cudnn.deterministic is not autotune
+
+
+@pytest.mark.usefixtures("cudnn_flags")
+def test_an_explicit_choice_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPO_CUDNN_BENCHMARK", "1")
+    configure_backends(torch.device("cuda"), benchmark=False)
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (False, True)
+    monkeypatch.delenv("HPO_CUDNN_BENCHMARK")
+    configure_backends(torch.device("cuda"), benchmark=True)
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, False)
+
+
+@pytest.mark.usefixtures("cudnn_flags")
+def test_training_on_the_cpu_leaves_cudnn_alone() -> None:
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.deterministic = False
+    data = bright_vs_dark()
+    train(build("mlp", data), data, TrainParams(), epochs=1, device=CPU, seed=0)
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, False)
 
 
 # --- CPU: the augmentation hook -----------------------------------------------------------------
@@ -210,7 +271,9 @@ def test_each_family_trains_an_epoch_on_cuda(family: str, cuda: torch.device) ->
     epoch = result.history[0]
     assert all(math.isfinite(epoch[key]) for key in ("train_loss", "val_loss"))
     assert 0.0 <= epoch["val_accuracy"] <= 1.0
-    assert torch.backends.cudnn.benchmark is True
+    if not os.environ.get("HPO_CUDNN_BENCHMARK"):
+        assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.deterministic is True
     assert next(model.parameters()).device.type == "cuda"
     # Conv families train in channels-last layout; the MLP has no convolutions to convert.
     convs = spatial_convs(model)
@@ -224,6 +287,23 @@ def test_each_family_trains_an_epoch_on_cuda(family: str, cuda: torch.device) ->
     assert proba.shape == (len(data.y_val), data.n_classes)
     assert np.isfinite(proba).all()
     assert np.allclose(proba.sum(axis=1), 1.0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.usefixtures("cudnn_flags")
+@pytest.mark.parametrize("family", list(TINY))
+def test_a_seeded_cuda_run_repeats_bit_for_bit(family: str, cuda: torch.device) -> None:
+    # What the README claims for CUDA with the default (deterministic) cuDNN switches.
+    data = bright_vs_dark()
+    runs = []
+    for _ in range(2):
+        model = build(family, data)
+        result = train(model, data, TrainParams(), epochs=2, device=cuda, seed=0)
+        runs.append((result.history, {k: v.cpu() for k, v in model.state_dict().items()}))
+    (history_a, state_a), (history_b, state_b) = runs
+    assert history_a == history_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
 @pytest.mark.gpu
