@@ -83,9 +83,8 @@ def promote(
     trial already or at least as good. ``lineage`` adds tags (spec hash, seed …).
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-    from hpo.tracking.models import _GLOBAL_URI_LOCK
+    from hpo.tracking.models import global_tracking_uri
     from hpo.tracking.runs import _tracking_errors
 
     model_uri = trial.user_attrs.get("model_uri")
@@ -124,7 +123,7 @@ def promote(
                 raise
         # MLflow's SQL registry looks the run up through a client of the *global* tracking URI
         # (MLflow 3.17), which would open (and create) ./mlflow.db: point it at the study's store.
-        with _GLOBAL_URI_LOCK, _use_tracking_uri(tracker.tracking_uri):
+        with global_tracking_uri(tracker.tracking_uri):
             version = client.create_model_version(
                 name,
                 source=model_uri,

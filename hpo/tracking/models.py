@@ -13,18 +13,20 @@ Two MLflow details shape :func:`log_pytorch_model`:
   LoggedModel ourselves, in the study's experiment and linked to the trial's run, and hand its
   ``model_id`` over.
 * It talks to the store through the process-global tracking URI. The URI is switched for the
-  duration of the call under a lock, so concurrent trials of different stores in one process do
-  not see each other's URI, and restored afterwards.
+  duration of the call under a lock (:func:`global_tracking_uri`), so concurrent trials of
+  different stores in one process do not see each other's URI, and restored afterwards.
 
 Explicit ``pip_requirements`` matter: inferring them costs 4.4 s per model (design.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +45,35 @@ MAX_EXAMPLE_ROWS = 5
 
 # Serialises the switch of MLflow's process-global tracking URI (see the module docstring).
 _GLOBAL_URI_LOCK = threading.Lock()
+_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's process-global tracking URI at ``uri`` for the block, then restore exactly
+    what was there before: the global URI (set or not) and ``MLFLOW_TRACKING_URI`` in
+    ``os.environ`` (its value, or its absence).
+
+    For MLflow calls that reach the store only through the global URI (``log_model``, the SQL
+    registry's run lookup). Holds a process-wide lock for the block: do not nest it. MLflow's own
+    ``_use_tracking_uri`` restores with ``set_tracking_uri(previous)``, which, when no global URI
+    was set, *deletes* ``MLFLOW_TRACKING_URI`` from the environment for the rest of the process
+    (and for every subprocess it starts).
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    with _GLOBAL_URI_LOCK:
+        previous = utils._tracking_uri
+        env = os.environ.get(_URI_ENV)
+        utils.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            utils.set_tracking_uri(previous)  # type: ignore[arg-type]  # None: "not set"
+            if env is None:
+                os.environ.pop(_URI_ENV, None)
+            else:
+                os.environ[_URI_ENV] = env
 
 
 @functools.cache
@@ -80,7 +111,6 @@ def log_pytorch_model(
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     example = _example_rows(input_example)
     for tensor in (*model.parameters(), *model.buffers()):
@@ -102,7 +132,7 @@ def log_pytorch_model(
             params=dict(params or {}),
             tags=dict(tags or {}),
         )
-        with _GLOBAL_URI_LOCK, _use_tracking_uri(client.tracking_uri):
+        with global_tracking_uri(client.tracking_uri):
             info = mlflow.pytorch.log_model(
                 model,
                 name=name,

@@ -14,7 +14,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from torch import nn
 
-from hpo.tracking.models import load_pytorch_model, pip_requirements
+from hpo.tracking.models import global_tracking_uri, load_pytorch_model, pip_requirements
 from hpo.tracking.runs import StudyTracker, TrialRun
 
 
@@ -80,6 +80,33 @@ def test_logged_model_loads_back_and_predicts_the_same_logits(
         again = mlflow.pytorch.load_model(uri)
     with torch.no_grad():
         np.testing.assert_allclose(again(torch.from_numpy(X)).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("env", [None, "sqlite:///elsewhere.db"])
+def test_switching_the_global_uri_restores_the_environment_exactly(
+    run: TrialRun, tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch, env: str | None
+) -> None:
+    from mlflow.tracking._tracking_service import utils
+
+    # No global URI set (MLflow's default state); the variable present or absent.
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    if env is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    with global_tracking_uri(tracker.tracking_uri):
+        assert mlflow.get_tracking_uri() == tracker.tracking_uri
+    assert utils._tracking_uri is None
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env
+    with pytest.raises(RuntimeError), global_tracking_uri(tracker.tracking_uri):
+        raise RuntimeError("a failing MLflow call")
+    assert utils._tracking_uri is None
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env
+    # the real caller: logging a model switches the URI and leaves the environment as it was
+    # (MLflow's _use_tracking_uri deleted the variable here)
+    run.log_model(nn.Linear(4, 3), np.zeros((2, 4), dtype=np.float32))
+    assert utils._tracking_uri is None
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env
 
 
 def test_model_is_pt2_with_signature_example_and_pinned_requirements(
