@@ -429,7 +429,8 @@ def study_report(
     name: str, output: Path | None, storage: str | None, tracking_uri: str | None, no_log: bool
 ) -> None:
     """Write the study's self-contained HTML report and plots (and log them to its parent run)."""
-    from hpo.study import load_study
+    from hpo.insights import log_chance_check
+    from hpo.study import load_study, stored_chance_check
     from hpo.study_report import (
         fetch_best_run_plots,
         log_study_report,
@@ -441,9 +442,17 @@ def study_report(
     out = output or Path(f"{name}-report")
     tracker = _parent_tracker(st, tracking_uri)
     plots = fetch_best_run_plots(st, tracker) if tracker else {}
+    # The chance verdict, as at the study's end: the report logged here replaces that one.
+    try:
+        chance = stored_chance_check(st)
+    except HpoError as exc:
+        chance = None
+        click.echo(f"skipped the chance check: {exc}")
+    if chance is not None:
+        click.echo(chance.message())
     try:
         report = write_study_report(
-            st, out, metric_names=study_metric_names(st), best_run_plots=plots
+            st, out, metric_names=study_metric_names(st), best_run_plots=plots, chance=chance
         )
     except OSError as exc:
         raise HpoError(f"--output: cannot write '{out}': {exc.strerror}") from None
@@ -452,6 +461,8 @@ def study_report(
     click.echo(f"wrote {report.html_path} ({len(report.files)} files)")
     if tracker and not no_log:
         log_study_report(report, tracker)
+        if chance is not None:
+            log_chance_check(chance, tracker)
         click.echo(f"logged them to the parent run {tracker.parent_run_id} under study_report/")
 
 

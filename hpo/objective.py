@@ -14,6 +14,7 @@ live trial's result is never thrown away because of the storage.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -237,8 +238,8 @@ class FittedTrial:
     result: TrainResult
     #: Class probabilities on the validation split.
     proba: np.ndarray
-    #: ``val_*`` metrics, ``n_params``, ``train_seconds``, ``samples_per_second`` and the learned
-    #: activation parameters, if any.
+    #: ``val_*`` metrics, ``n_params``, ``train_seconds``, ``samples_per_second``,
+    #: ``inference_ms`` and the learned activation parameters, if any.
     metrics: dict[str, float]
 
 
@@ -284,13 +285,19 @@ def fit_and_evaluate(
         seed=spec.train.seed,
         callbacks=list(callbacks),
     )
+    # Inference latency: one warm-up batch (lazy kernels, cuDNN autotuning), then the whole
+    # validation split timed, as milliseconds per sample.
+    predict_proba(model, data.X_val[:64], device)
+    started = time.perf_counter()
     proba = predict_proba(model, data.X_val, device)
+    inference_ms = 1000.0 * (time.perf_counter() - started) / max(len(data.y_val), 1)
     final = {
         f"val_{k}": v for k, v in classification_metrics(data.y_val, proba, data.n_classes).items()
     }
     final["n_params"] = float(count_parameters(model))
     final["train_seconds"] = result.train_seconds
     final["samples_per_second"] = result.samples_per_second
+    final["inference_ms"] = inference_ms
     final.update(_learned_activations(model))
     return FittedTrial(model, result, proba, final)
 

@@ -72,6 +72,11 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
     if result.test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.test_metrics.items()))
         console.print(f"held-out test split (best trial): {shown}")
+    if result.champion_error:
+        console.print(
+            f"[yellow]the best model could not be registered as the champion: "
+            f"{result.champion_error}[/yellow]"
+        )
     if result.champion is not None:
         c = result.champion
         console.print(
@@ -93,14 +98,19 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
 
 
 def best_payload(study: optuna.Study) -> dict[str, Any]:
-    """The best trial(s) as plain data (for ``--json``)."""
+    """The best trial(s) as plain data (for ``--json``); ``objectives`` maps each objective's
+    name to the trial's value."""
     from hpo.study import best_trials
+    from hpo.study_report import study_metric_names
+
+    names = study_metric_names(study)
 
     def one(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         return {
             "number": t.number,
             "values": t.values,
             "value": t.values[0] if t.values and len(t.values) == 1 else None,
+            "objectives": dict(zip(names, t.values or [], strict=False)),
             "params": t.params,
             "metrics": {
                 k: v for k, v in t.user_attrs.items() if k.startswith(("val_", "n_params"))
@@ -112,6 +122,7 @@ def best_payload(study: optuna.Study) -> dict[str, Any]:
     trials = best_trials(study)
     payload: dict[str, Any] = {
         "study": study.study_name,
+        "metrics": names,
         "directions": [d.name.lower() for d in study.directions],
         "n_trials": len(study.trials),
     }
@@ -129,17 +140,24 @@ def print_best(study: optuna.Study) -> None:
     terminal fits side by side.
     """
     from hpo.study import best_trials
+    from hpo.study_report import study_metric_names
 
     trials = best_trials(study)
     if not trials:
         console.print(f"study '{study.study_name}' has no completed trial yet")
         return
+    names = study_metric_names(study)
     multi = len(study.directions) > 1
     if multi:
-        console.print(f"Pareto front of '{study.study_name}': {len(trials)} trials")
+        console.print(
+            f"Pareto front of '{study.study_name}' ({', '.join(names)}): {len(trials)} trials"
+        )
     for t in trials:
+        values = ", ".join(
+            f"{name} {_fmt(v)}" for name, v in zip(names, t.values or [], strict=False)
+        )
         table = Table(
-            title=f"{'Pareto-optimal' if multi else 'best'} trial {t.number}: value {_fmt(t.values if multi else t.value)}",
+            title=f"{'Pareto-optimal' if multi else 'best'} trial {t.number}: {values}",
             title_justify="left",
             show_header=False,
         )

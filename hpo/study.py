@@ -57,6 +57,9 @@ SPEC_ATTR = "hpo.spec"
 SPEC_FILE_ATTR = "hpo.spec_file"
 SPEC_DIR_ATTR = "hpo.spec_dir"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+#: Study attribute: why the last attempt to register the champion failed (set by
+#: :func:`promote_champion`).
+CHAMPION_ERROR_ATTR = "hpo.champion_error"
 TRACKING_URI_ATTR = "mlflow_tracking_uri"
 #: A study stops after this many trials in a row fail (not pruned): something is systematically
 #: wrong, and burning the remaining budget on it helps no one.
@@ -84,6 +87,8 @@ class StudyResult:
     report_error: str | None = None
     #: The registered best model (``models:/<study>@champion``), if any.
     champion: Champion | None = None
+    #: Why the best model could not be registered as the champion (the trials are safe).
+    champion_error: str | None = None
 
 
 # -- samplers and pruners ----------------------------------------------------------------------
@@ -446,8 +451,12 @@ def summarize_study(
     from hpo.insights import log_chance_check, study_chance_check
 
     result.chance = study_chance_check(study, data.y_val, data.n_classes)
-    # Workers may have moved the alias in a race; settle it on the study's real best.
+    # Workers may have moved the alias in a race; settle it on the study's real best. An error
+    # of an earlier attempt is cleared first: what is shown is the outcome of this last one.
+    if study.user_attrs.get(CHAMPION_ERROR_ATTR):
+        study.set_user_attr(CHAMPION_ERROR_ATTR, None)
     promote_champion(study, spec, tracker)
+    result.champion_error = study.user_attrs.get(CHAMPION_ERROR_ATTR) or None
     if not spec.multi_objective:
         from hpo.errors import TrackingError
         from hpo.tracking.champion import current_champion
@@ -475,6 +484,20 @@ def summarize_study(
         result.report_error = f"{type(exc).__name__}: {exc}"
         return
     study.set_user_attr(REPORT_ATTR, done)
+
+
+def stored_chance_check(study: optuna.Study) -> ChanceCheck | None:
+    """:func:`summarize_study`'s chance check for a study read back from its storage (``hpo study
+    report``): the validation labels come from the data of the study file it was started with.
+
+    None when no complete trial recorded ``val_accuracy``; :class:`~hpo.errors.HpoError` when the
+    study holds no study file or its data cannot be loaded any more.
+    """
+    from hpo.insights import study_chance_check
+
+    spec = stored_spec(study)
+    data = prepare_data(spec, f"study '{study.study_name}'")
+    return study_chance_check(study, data.y_val, data.n_classes)
 
 
 def run_local_workers(
@@ -621,8 +644,9 @@ class _FailureGuard:
 
 
 class _ParentSummary:
-    """Keeps the parent run's summary current: best value and trial, trial counts; and moves the
-    registry's ``champion`` alias to each new best trial's model."""
+    """Keeps the parent run's summary current: best value and trial, trial counts (the Pareto
+    front's size and trials for a multi-objective study); and moves the registry's ``champion``
+    alias to each new best trial's model."""
 
     def __init__(self, tracker: Any, spec: StudySpec) -> None:
         self.tracker = tracker
@@ -642,9 +666,37 @@ class _ParentSummary:
             metrics["best_trial"] = float(best.number)
             tags["hpo.best_trial"] = str(best.number)
             tags["hpo.best_run_id"] = str(best.user_attrs.get("mlflow_run_id", ""))
-        self.tracker.log_parent(metrics=metrics, tags=tags, step=trial.number)
+        front_metrics, front_tags = (
+            _pareto_summary(study) if self.spec.multi_objective else ({}, {})
+        )
+        self.tracker.log_parent(
+            metrics={**metrics, **front_metrics}, tags={**tags, **front_tags}, step=trial.number
+        )
         if tags and tags["hpo.best_trial"] == str(trial.number):
             promote_champion(study, self.spec, self.tracker, trial)
+
+
+#: Longest ``hpo.pareto_trials`` tag kept (MLflow refuses tag values of more than 8,000 chars).
+_MAX_TAG_CHARS = 5000
+
+
+def _pareto_summary(study: optuna.Study) -> tuple[dict[str, float], dict[str, str]]:
+    """A multi-objective study's summary for the parent run: the metric ``pareto_front_size``,
+    and the front's trial numbers and run ids as the tags ``hpo.pareto_trials`` and
+    ``hpo.pareto_run_ids`` (comma-separated, by trial number; cut at :data:`_MAX_TAG_CHARS`)."""
+    front = sorted(best_trials(study), key=lambda t: t.number)
+
+    def joined(items: list[str]) -> str:
+        text = ",".join(items)
+        return text if len(text) <= _MAX_TAG_CHARS else text[: _MAX_TAG_CHARS - 1] + "…"
+
+    tags = {}
+    if front:
+        tags["hpo.pareto_trials"] = joined([str(t.number) for t in front])
+        tags["hpo.pareto_run_ids"] = joined(
+            [str(t.user_attrs.get("mlflow_run_id", "")) for t in front]
+        )
+    return {"pareto_front_size": float(len(front))}, tags
 
 
 def promote_champion(

@@ -561,6 +561,8 @@ def _report_page(
     if chance is not None:
         css = "warn" if chance.within_noise else "ok"
         parts.append(f'<p class="{css}">{html.escape(chance.message())}</p>')
+    if len(names) > 1 and best:
+        parts.append(_pareto_section(best, names))
     if best:
         parts.append(_best_section(best, names, best_run_plots))
     interactive = any(p.html for p in plots)
@@ -625,6 +627,35 @@ def _summary(
         )
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<h2>Summary</h2><table>{body}</table>"
+
+
+def _pareto_section(front: list[FrozenTrial], names: list[str]) -> str:
+    """The Pareto front of a multi-objective study: each trial's objective values and parameters,
+    by the first objective (then trial number), so the trade-off reads row by row."""
+
+    def order(trial: FrozenTrial) -> tuple[float, int]:
+        first = (trial.values or [math.nan])[0]
+        return (first if not math.isnan(first) else math.inf, trial.number)
+
+    head = ["#", *names, "params", "MLflow run"]
+    rows = []
+    for trial in sorted(front, key=order):
+        values = list(trial.values or [])
+        cells = [f'<td class="num">{trial.number}</td>']
+        cells += [
+            f'<td class="num">{_fmt(values[i]) if i < len(values) else ""}</td>'
+            for i in range(len(names))
+        ]
+        cells.append(f"<td>{html.escape(_params_text(trial.params))}</td>")
+        cells.append(f"<td>{html.escape(str(trial.user_attrs.get('mlflow_run_id', '')))}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return (
+        f'<h2 id="pareto-front">Pareto front: {len(front)} trials</h2>'
+        '<p class="note">No other complete trial is at least as good in every objective and '
+        "better in one.</p>"
+        f"<table><tr>{header}</tr>{''.join(rows)}</table>"
+    )
 
 
 def _best_section(

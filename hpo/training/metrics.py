@@ -14,7 +14,8 @@ from sklearn.metrics import (
 
 #: Every metric a study may optimise → its natural direction (used when the file gives none).
 #: ``val_*`` are :func:`classification_metrics` on the validation split; the others come from
-#: the model (``n_params``) and the training run (``train_seconds``).
+#: the model (``n_params``), the training run (``train_seconds``) and the trained model's
+#: prediction of the validation split (``inference_ms``: milliseconds per sample).
 OBJECTIVE_METRICS: dict[str, str] = {
     "val_accuracy": "maximize",
     "val_loss": "minimize",
@@ -24,6 +25,7 @@ OBJECTIVE_METRICS: dict[str, str] = {
     "val_roc_auc": "maximize",
     "n_params": "minimize",
     "train_seconds": "minimize",
+    "inference_ms": "minimize",
 }
 
 

@@ -200,3 +200,39 @@ def test_registering_touches_only_the_given_store(workdir: Path) -> None:
     assert out.exit_code == 0, out.output
     assert "models:/elsewhere@champion" in out.output
     assert not (workdir / "mlflow.db").exists()
+
+
+def test_a_champion_that_cannot_be_registered_is_said_at_the_end(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    import hpo.tracking.champion
+    from hpo.errors import TrackingError
+
+    def registry_down(*args: object, **kwargs: object) -> None:
+        raise TrackingError("registering the champion of 'reg': the registry is down")
+
+    real = hpo.tracking.champion.promote
+    monkeypatch.setattr(hpo.tracking.champion, "promote", registry_down)
+    (workdir / "s.yaml").write_text(
+        "name: reg\ndata: {source: sklearn, name: iris}\ntrain: {epochs: 1}\n"
+        "search:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
+        "sampler: {name: random, seed: 0}\npruner: {name: none}\ntrials: 2\n"
+    )
+    out = CliRunner().invoke(main, ["study", "start", "s.yaml", "-q"])
+    assert out.exit_code == 0, out.output  # the trials are safe; the study ends normally
+    assert (
+        "the best model could not be registered as the champion: registering the champion of "
+        "'reg': the registry is down" in " ".join(out.output.split())
+    )
+    assert "@champion" not in out.output
+    # the registry answers again: the next run registers the champion and says nothing of the
+    # earlier failure
+    monkeypatch.setattr(hpo.tracking.champion, "promote", real)
+    out = CliRunner().invoke(main, ["study", "start", "s.yaml", "-q", "--n-trials", "1"])
+    assert out.exit_code == 0, out.output
+    assert "models:/reg@champion" in out.output
+    assert "could not be registered" not in out.output
+    study = optuna.load_study(study_name="reg", storage=f"sqlite:///{workdir}/hpo.db")
+    assert not study.user_attrs.get("hpo.champion_error")

@@ -106,6 +106,12 @@ def test_one_parent_and_a_child_per_trial(ran: Ran) -> None:
     # the parent's summary is current
     assert parent.data.metrics["n_complete"] == 3
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(study.best_value)
+    # ... and was kept current trial by trial: one point per trial, at the trial's number
+    history = client(ran).get_metric_history(parent.info.run_id, "n_complete")
+    assert sorted((m.step, m.value) for m in history) == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    best_run = children[study.best_trial.number].info.run_id
+    assert parent.data.tags["hpo.best_run_id"] == best_run
+    assert parent.data.tags["hpo.best_trial"] == str(study.best_trial.number)
 
 
 def test_child_runs_hold_sampled_and_fixed_params(ran: Ran) -> None:
@@ -309,3 +315,31 @@ def test_report_command_writes_the_files(ran: Ran, tmp_path: Path) -> None:
     assert code == 0, output
     assert (out / "report.html").stat().st_size > 10_000
     assert any(p.suffix == ".png" for p in (out / "plots").iterdir())
+
+
+def test_report_command_keeps_the_chance_verdict(ran: Ran, tmp_path: Path) -> None:
+    # Re-running the report replaces the parent's report.html: it must say what the study's end
+    # said about chance, not drop it.
+    out = tmp_path / "again"
+    code, output = invoke(
+        "study",
+        "report",
+        "it-digits",
+        "--storage",
+        ran.storage,
+        "--tracking-uri",
+        ran.tracking,
+        "-o",
+        str(out),
+    )
+    assert code == 0, output
+    assert "is above chance" in output
+    assert "is above chance" in (out / "report.html").read_text()
+    parent, _ = runs(ran)
+    logged = Path(
+        client(ran).download_artifacts(
+            parent.info.run_id, "study_report/report.html", str(tmp_path)
+        )
+    ).read_text()
+    assert "is above chance" in logged
+    assert parent.data.tags["hpo.chance_level"] == "above_chance"

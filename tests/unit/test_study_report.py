@@ -265,6 +265,14 @@ def test_multi_objective(tmp_path: Path) -> None:
     assert list(report.skipped) == ["intermediate_values"]
     page = report.html_path.read_text()
     assert "Pareto front" in page and "Pareto-optimal trial" in page
+    # the front's own section: one row per Pareto-optimal trial, with each objective by name
+    section = page.split('<h2 id="pareto-front">', 1)[1].split("<h2", 1)[0]
+    front = study.best_trials
+    assert section.startswith(f"Pareto front: {len(front)} trials")
+    assert "<th>val_accuracy</th><th>n_params</th>" in section
+    assert section.count("<tr>") == len(front) + 1  # the header and the trials
+    for t in front:
+        assert f'<td class="num">{t.number}</td>' in section
 
 
 def test_four_objectives_skip_the_pareto_front(tmp_path: Path) -> None:

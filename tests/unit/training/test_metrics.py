@@ -101,6 +101,7 @@ def test_objective_metric_directions() -> None:
         "val_roc_auc": "maximize",
         "n_params": "minimize",
         "train_seconds": "minimize",
+        "inference_ms": "minimize",
     }
     # Every val_* objective is a classification_metrics key.
     keys = {f"val_{k}" for k in KEYS}
