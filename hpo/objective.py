@@ -25,6 +25,8 @@ from hpo.models import FAMILIES
 from hpo.models.base import count_parameters
 from hpo.space import suggest, suggestion_order
 from hpo.spec import FAMILY_PARAM, StudySpec
+from hpo.tracking.runs import boundary_inputs
+from hpo.tracking.spool import ModelInputs, PlotInputs
 from hpo.training.callbacks import Callback
 from hpo.training.config import TrainParams
 from hpo.training.loop import (
@@ -35,6 +37,7 @@ from hpo.training.loop import (
     train,
 )
 from hpo.training.metrics import classification_metrics
+from hpo.trial_writes import report, write_trial
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
 
 #: Per-epoch metrics the loop reports; others are only known after evaluation.
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+#: Seconds between two writes of a running trial's reported values (and with its end).
+REPORT_FLUSH_SECONDS = 5.0
 #: Trial user attribute holding the MLflow run id of the trial.
 RUN_ID_ATTR = "mlflow_run_id"
 #: What the storage raises when a write cannot be made: the trial was already finished by someone
@@ -68,17 +73,27 @@ def split_params(family: str, values: Mapping[str, Any]) -> tuple[TrainParams, A
 
 
 class _PruningCallback(Callback):
-    """Reports the epoch's objective proxy to Optuna and raises ``TrialPruned`` when told."""
+    """Gives the epoch's objective proxy to the pruner and raises ``TrialPruned`` when told.
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+    The value is recorded on the trial (:func:`hpo.trial_writes.report`), where the pruner reads
+    it, and written to the storage with others every :data:`REPORT_FLUSH_SECONDS` and when the
+    trial ends (by the worker loop, with the trial's attributes): not one write per epoch.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str, objective: Objective) -> None:
         self.trial = trial
         self.metric = metric
+        self.objective = objective
+        self._flushed_at = time.monotonic()
 
     def on_epoch_end(self, epoch: int, metrics: Mapping[str, float]) -> None:
         value = metrics[self.metric]
+        if math.isfinite(value) and report(self.trial, epoch, value):
+            self.objective.unsaved_reports[epoch] = float(value)
         try:
-            if math.isfinite(value):
-                self.trial.report(value, step=epoch)
+            if time.monotonic() - self._flushed_at >= REPORT_FLUSH_SECONDS:
+                self._flushed_at = time.monotonic()
+                self.objective.flush_reports(self.trial)
             prune = self.trial.should_prune()
         except STORAGE_WRITE_ERRORS:
             # The storage is away or the trial was failed as stale: train on without a pruning
@@ -115,18 +130,40 @@ class Objective:
         self.prune_metric = self._prune_metric()
         #: User attributes of the current trial, also kept here (see the module docstring).
         self.attrs: dict[str, Any] = {}
-        #: Names in :attr:`attrs` that the storage did not take.
+        #: Names in :attr:`attrs` not written to the storage yet.
         self.unsaved: set[str] = set()
+        #: Intermediate values reported (for the pruner) and not written yet, by step.
+        self.unsaved_reports: dict[int, float] = {}
         #: Stored with every model: how to turn raw rows into its input (see :mod:`hpo.serving`).
         self.model_metadata = model_metadata(spec, data)
 
-    def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
-        """``trial.set_user_attr`` that survives a storage that cannot take the write."""
+    def _set_attr(self, trial: optuna.Trial, key: str, value: Any, *, now: bool = False) -> None:
+        """Record a user attribute of the trial: written with the trial's end (by the worker
+        loop, in one transaction with the others), or ``now`` (what a dead worker's trial must
+        already have: its run id). A storage that cannot take a write now keeps it for later.
+        """
         self.attrs[key] = value
+        self.unsaved.add(key)
+        if not now:
+            return
         try:
             trial.set_user_attr(key, value)
+            self.unsaved.discard(key)
         except STORAGE_WRITE_ERRORS:
-            self.unsaved.add(key)
+            pass
+
+    def flush_reports(self, trial: optuna.Trial) -> None:
+        """Write the values reported so far (a long trial's curve, live in the dashboard)."""
+        if self.unsaved_reports:
+            write_trial(
+                trial.study._storage, trial._trial_id, intermediate_values=self.unsaved_reports
+            )
+            self.unsaved_reports = {}
+
+    def ready(self) -> None:
+        """Before a trial is claimed: a tracking store seen away must answer again (see
+        :meth:`hpo.tracking.runs.StudyTracker.ensure_reachable`)."""
+        self.tracker.ensure_reachable()
 
     def _prune_metric(self) -> str | None:
         """The per-epoch value reported for pruning (single-objective studies only)."""
@@ -142,7 +179,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         spec = self.spec
-        self.attrs, self.unsaved = {}, set()
+        self.attrs, self.unsaved, self.unsaved_reports = {}, set(), {}
         values = suggest(trial, spec.search, spec.fixed, self.order)
         family = str(values.get(FAMILY_PARAM, spec.model.family))
         train_params, family_params = split_params(family, values)
@@ -159,7 +196,8 @@ class Objective:
             logged,
             tags={"hpo.device": str(self.device), "hpo.family": family},
         )
-        self._set_attr(trial, RUN_ID_ATTR, run.run_id)
+        # At once: the worker that fails this trial if its worker dies closes this run.
+        self._set_attr(trial, RUN_ID_ATTR, run.run_id, now=True)
         self._set_attr(trial, "family", family)
         try:
             return self._train_and_log(trial, run, family, train_params, family_params)
@@ -195,7 +233,7 @@ class Objective:
         spec, data = self.spec, self.data
         callbacks: list[Callback] = [_TrackingCallback(run)]
         if self.prune_metric is not None:
-            callbacks.append(_PruningCallback(trial, self.prune_metric))
+            callbacks.append(_PruningCallback(trial, self.prune_metric, self))
         fitted = fit_and_evaluate(
             spec, data, family, train_params, family_params, self.device, callbacks
         )
@@ -211,17 +249,36 @@ class Objective:
             "train_seconds",
         ):
             self._set_attr(trial, key, final[key])
-        run.log_plots(
-            data.y_val,
-            fitted.proba,
-            data.classes,
-            fitted.result.history,
-            prediction_counts=fitted.result.val_prediction_counts,
-            data=data,
-            predict_proba=lambda X: predict_proba(fitted.model, X, self.device),
+        # The plots and the model are drawn, exported and uploaded after the trial, while the
+        # next one trains (hpo.tracking.finisher): here they are only collected.
+        run.attach_plots(
+            PlotInputs(
+                y_true=data.y_val,
+                proba=fitted.proba,
+                classes=list(data.classes),
+                history=list(fitted.result.history),
+                prediction_counts=fitted.result.val_prediction_counts,
+                boundary=boundary_inputs(data),
+                feature_names=list(data.feature_names) if data.feature_names else None,
+            )
         )
-        model_uri = run.log_model(fitted.model.cpu(), data.X_train[:5], self.model_metadata)
-        self._set_attr(trial, "model_uri", model_uri)
+        model = fitted.model.cpu()
+        model_uri = run.attach_model(
+            ModelInputs(
+                family=family,
+                family_params=family_params.model_dump(mode="json"),
+                input_shape=list(data.input_shape),
+                n_classes=data.n_classes,
+                state_dict=model.state_dict(),
+                example=data.X_train[:5],
+                metadata=self.model_metadata,
+                params={},
+                tags={},
+                step=0,
+            )
+        )
+        if model_uri:
+            self._set_attr(trial, "model_uri", model_uri)
         values = [final[m] for m in self.metrics]
         bad = [m for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)]
         if bad:

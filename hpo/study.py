@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo.errors import DataError, DeviceError, SpecError, StorageError
+from hpo.errors import DataError, DeviceError, SpecError, StorageError, TrackingError
 from hpo.registry import did_you_mean
 from hpo.spec import (
     HeartbeatSpec,
@@ -225,12 +225,27 @@ def open_study(
             f"the file says {spec.objective_directions}"
         )
     # The current file, for workers started with --study NAME (budget and timeout may change).
-    dump = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+    dump = spec_json(spec)
     if attrs.get(SPEC_FILE_ATTR) != dump:
         study.set_user_attr(SPEC_FILE_ATTR, dump)
         base = spec_base_dir(spec)
         study.set_user_attr(SPEC_DIR_ATTR, str(base.absolute()) if base else None)
     return study
+
+
+def spec_json(spec: StudySpec) -> str:
+    """The study file as JSON to store with the study, passwords in its URLs masked.
+
+    ``storage:`` and ``tracking_uri:`` may hold passwords; the storage is read by everyone who can
+    read the study (optuna-dashboard, ``hpo study export``), so they are kept as ``***``. A worker
+    that joins with ``--study NAME`` is given its URLs again (``--storage``, ``--tracking-uri``
+    or their variables).
+    """
+    dump = spec.model_dump(mode="json")
+    for key in ("storage", "tracking_uri"):
+        if dump.get(key):
+            dump[key] = mask_url(dump[key])
+    return json.dumps(dump, sort_keys=True)
 
 
 def stored_spec(study: optuna.Study) -> StudySpec:
@@ -405,6 +420,8 @@ def run_study(
     failures = _FailureGuard()
     if on_start is not None:
         on_start(study, max(todo, 0))
+    finisher = _start_finisher(tracker)
+    sent = _SentRuns(study, spec, tracker)
     loop = TrialLoop(
         study,
         Objective(spec, data, device, tracker),
@@ -413,7 +430,7 @@ def run_study(
         n_trials=n_trials,
         timeout=timeout if timeout is not None else spec.timeout,
         heartbeat_interval=session.heartbeat.interval if session.heartbeat else None,
-        callbacks=[*callbacks, failures, _ParentSummary(tracker, spec)],
+        callbacks=[*callbacks, failures, _ParentSummary(tracker, spec), sent],
         should_stop=lambda: failures.reason is not None,
         on_recovered=lambda old, new, attrs: _mark_recovered(tracker, old, new, attrs),
     )
@@ -421,7 +438,12 @@ def run_study(
         loop.run()
     finally:
         result.ran = loop.ran
-        _end_parent(study, spec, tracker)
+        try:
+            # The last trials' runs are still being sent: the study's end needs them.
+            sent.handle(finisher.drain())
+        finally:
+            tracker.finisher = None
+            _end_parent(study, spec, tracker)
     result.stopped_reason = failures.reason
     # 4. once per study, whichever process gets here first (the others reuse its numbers)
     with study_lock(storage_url, spec.name):
@@ -645,12 +667,13 @@ class _FailureGuard:
 
 class _ParentSummary:
     """Keeps the parent run's summary current: best value and trial, trial counts (the Pareto
-    front's size and trials for a multi-objective study); and moves the registry's ``champion``
-    alias to each new best trial's model."""
+    front's size and trials for a multi-objective study). The ``champion`` alias moves once a
+    new best trial's model is in the store (:class:`_SentRuns`)."""
 
     def __init__(self, tracker: Any, spec: StudySpec) -> None:
         self.tracker = tracker
         self.spec = spec
+        self._warned = False
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         counts = {s: 0 for s in ("complete", "pruned", "fail")}
@@ -669,11 +692,55 @@ class _ParentSummary:
         front_metrics, front_tags = (
             _pareto_summary(study) if self.spec.multi_objective else ({}, {})
         )
-        self.tracker.log_parent(
-            metrics={**metrics, **front_metrics}, tags={**tags, **front_tags}, step=trial.number
-        )
-        if tags and tags["hpo.best_trial"] == str(trial.number):
-            promote_champion(study, self.spec, self.tracker, trial)
+        try:
+            self.tracker.log_parent(
+                metrics={**metrics, **front_metrics}, tags={**tags, **front_tags}, step=trial.number
+            )
+        except TrackingError as exc:
+            # A summary is not worth a trial: the next trial's (or the study's end) catches up.
+            if not self._warned:
+                self._warned = True
+                self.tracker._warn(f"could not update the study's parent run: {exc}")
+
+
+def _start_finisher(tracker: Any) -> Any:
+    """The background sender of this process's trial runs (:mod:`hpo.tracking.finisher`),
+    started now so its imports overlap with the first trial, and given the runs of this study
+    that earlier processes on this machine left in the spool."""
+    from hpo.tracking.finisher import Finisher
+    from hpo.tracking.spool import list_jobs
+
+    finisher = Finisher(tracker)
+    tracker.finisher = finisher
+    finisher.start()
+    for path in list_jobs(tracker.study_name):
+        finisher.submit(path)
+    return finisher
+
+
+class _SentRuns:
+    """Acts on the trial runs the finisher reports sent (after each trial and at the end): a
+    new best trial's model becomes the study's ``champion``, now that it is in the store."""
+
+    def __init__(self, study: optuna.Study, spec: StudySpec, tracker: Any) -> None:
+        self.study = study
+        self.spec = spec
+        self.tracker = tracker
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.tracker.finisher is not None:
+            self.handle(self.tracker.finisher.poll())
+
+    def handle(self, sent: Sequence[Any]) -> None:
+        """Promote the study's best trial if one of ``sent`` is it."""
+        if self.spec.multi_objective:
+            return
+        numbers = {s.trial for s in sent if s.ok and s.state == "COMPLETE"}
+        if not numbers:
+            return
+        best = best_trials(self.study)
+        if best and best[0].number in numbers:
+            promote_champion(self.study, self.spec, self.tracker, best[0])
 
 
 #: Longest ``hpo.pareto_trials`` tag kept (MLflow refuses tag values of more than 8,000 chars).

@@ -12,6 +12,18 @@ import pytest
 PG_ADMIN_DSN = os.environ.get("HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+@pytest.fixture(autouse=True)
+def _spool_and_sender(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test has its own spool, and sends trial runs inline (in the trial's thread).
+
+    The background sender is a process per worker (seconds of imports): the suite's many short
+    studies would pay that for nothing. Tests of the background sender set
+    ``HPO_FINISHER=background`` themselves.
+    """
+    monkeypatch.setenv("HPO_SPOOL_DIR", str(tmp_path / ".hpo-spool"))
+    monkeypatch.setenv("HPO_FINISHER", "inline")
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run the test in an empty directory so default stores (hpo.db, mlflow.db) land there."""

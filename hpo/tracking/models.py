@@ -98,6 +98,7 @@ def log_pytorch_model(
     tags: Mapping[str, str] | None = None,
     step: int = 0,
     metadata: Mapping[str, Any] | None = None,
+    model_id: str | None = None,
 ) -> str:
     """Log ``model`` (on the CPU) as a ``pt2`` LoggedModel of ``run_id``; return ``models:/m-…``.
 
@@ -108,6 +109,7 @@ def log_pytorch_model(
     train/eval mode is restored afterwards. ``step`` links the run's metrics at that step to the
     model, so the model page shows them. ``metadata`` (JSON-able) is stored in the model's
     ``MLmodel`` file: hpo keeps the preprocessing and classes there (:mod:`hpo.serving`).
+    ``model_id``: a LoggedModel created for it already (else one is created here).
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -125,18 +127,19 @@ def log_pytorch_model(
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, output)
-        logged = client.create_logged_model(
-            experiment_id=experiment_id,
-            name=name,
-            source_run_id=run_id,
-            params=dict(params or {}),
-            tags=dict(tags or {}),
-        )
+        if model_id is None:
+            model_id = client.create_logged_model(
+                experiment_id=experiment_id,
+                name=name,
+                source_run_id=run_id,
+                params=dict(params or {}),
+                tags=dict(tags or {}),
+            ).model_id
         with global_tracking_uri(client.tracking_uri):
             info = mlflow.pytorch.log_model(
                 model,
                 name=name,
-                model_id=logged.model_id,
+                model_id=model_id,
                 run_id=run_id,
                 step=step,
                 input_example=example,

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from hpo.data.base import Dataset
+    from hpo.tracking.finisher import Finisher, Sent
+    from hpo.tracking.spool import ModelInputs, PlotInputs
 
 #: The store ``mlflow ui`` / ``mlflow server`` use when given none (MLflow 3.x), relative to the
 #: working directory.
@@ -81,6 +83,11 @@ MAX_METRICS_PER_BATCH = 1000
 #: A slow trial (epochs longer than 2 s) still writes every epoch, so the UI's curves stay live;
 #: a fast one, the common case in a search, pays for one write instead of fifteen.
 EPOCH_FLUSH_SECONDS = 2.0
+#: After a failed write of epoch metrics, how long the trial keeps them before trying again.
+PAUSE_AFTER_FAILURE_SECONDS = 30.0
+
+#: A run's unique key: finds the run a create made when its answer was lost (no duplicate runs).
+RUN_KEY_TAG = "hpo.run_key"
 
 #: The experiment tag MLflow's UI reads to show an experiment as model training (its runs), not
 #: as a GenAI app (traces); the value is the UI's own name for that kind.
@@ -180,6 +187,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _probe_http(uri: str) -> None:
+    """``GET /health`` of a tracking server, with a short timeout: MLflow's client would retry
+    for minutes before giving up."""
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(
+            url, timeout=CONNECT_TIMEOUT_SECONDS, context=_tls_context(uri)
+        ) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingError(
+            f"tracking_uri: cannot reach MLflow tracking server at {_mask(uri)}: {reason}"
+        ) from None
+    if status != 200:
+        raise TrackingError(
+            f"tracking_uri: cannot reach MLflow tracking server at {_mask(uri)}: "
+            f"GET /health answered HTTP {status}"
+        )
+
+
 def _tls_context(uri: str) -> ssl.SSLContext | None:
     """The TLS settings MLflow's own client honours (self-signed or private CA servers)."""
     if not uri.startswith("https://"):
@@ -247,6 +277,20 @@ class StudyTracker:
         self.parent_run_id: str | None = None
         self._experiment_id: str | None = None
         self._lock = threading.RLock()
+        #: Sends the end of each trial's run (:mod:`hpo.tracking.finisher`); None: in the
+        #: calling thread (see :attr:`sender`).
+        self.finisher: Finisher | None = None
+        #: When a write to the store last failed (monotonic), until it answers again.
+        self._unreachable_since: float | None = None
+
+    @property
+    def sender(self) -> Finisher:
+        """:attr:`finisher`, or one that sends in the calling thread."""
+        if self.finisher is None:
+            from hpo.tracking.finisher import Finisher
+
+            self.finisher = Finisher(self, background=False)
+        return self.finisher
 
     # -- the store --------------------------------------------------------------------------
     @property
@@ -274,31 +318,58 @@ class StudyTracker:
         deleted, and with artifacts this client can write.
         """
         uri = self.tracking_uri
-        if _is_http(uri):
-            url = uri.rstrip("/") + "/health"
-            try:
-                with urllib.request.urlopen(
-                    url, timeout=CONNECT_TIMEOUT_SECONDS, context=_tls_context(uri)
-                ) as response:
-                    status = response.status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except (OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                raise TrackingError(
-                    f"tracking_uri: cannot reach MLflow tracking server at {_mask(uri)}: {reason}"
-                ) from None
-            if status != 200:
-                raise TrackingError(
-                    f"tracking_uri: cannot reach MLflow tracking server at {_mask(uri)}: "
-                    f"GET /health answered HTTP {status}"
-                )
-        elif _is_server_database(uri):
-            _probe_database(uri)
+        self.probe()
         with _tracking_errors("opening the tracking store", uri):
             experiment = self.client.get_experiment_by_name(self.study_name)
         if experiment is not None:
             self._check_experiment(experiment)
+
+    def probe(self) -> None:
+        """Check that the store answers (a server's ``/health``, a database's connection) with
+        a short timeout; :class:`TrackingError` if not. A SQLite file always answers."""
+        uri = self.tracking_uri
+        if _is_http(uri):
+            _probe_http(uri)
+        elif _is_server_database(uri):
+            _probe_database(uri)
+
+    def note_unreachable(self) -> None:
+        """A write to the store just failed: :meth:`ensure_reachable` will check before the
+        next trial starts."""
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+
+    def ensure_reachable(self, limit: float | None = None) -> None:
+        """Before a trial starts: if the store was seen away, wait (with one warning) until it
+        answers again, up to ``limit`` seconds (default
+        :func:`hpo.tracking.finisher.outage_seconds`) since it went away; then
+        :class:`TrackingError`. A trial is not started for a store that is away: its run could
+        not even be created."""
+        from hpo.tracking.finisher import outage_seconds
+
+        since = self._unreachable_since
+        if since is None:
+            return
+        limit = outage_seconds() if limit is None else limit
+        delay, warned = 0.5, False
+        while True:
+            try:
+                self.probe()
+                self._unreachable_since = None
+                return
+            except TrackingError as exc:
+                waited = time.monotonic() - since
+                if waited + delay > limit:
+                    raise TrackingError(
+                        f"{exc} (for {waited:.0f} s); finished trials are saved, and the runs "
+                        f"that could not be sent wait in the spool: `hpo sync {self.study_name}` "
+                        "sends them once the store is back"
+                    ) from None
+                if not warned:
+                    warned = True
+                    self._warn(f"{exc}; waiting up to {limit - waited:.0f} s before the next trial")
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _check_experiment(self, experiment: Any) -> None:
         if experiment.lifecycle_stage == "deleted":
@@ -474,25 +545,79 @@ class StudyTracker:
     def start_trial(
         self, number: int, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
     ) -> TrialRun:
-        """Create the run of trial ``number`` under the parent run, with all its parameters."""
+        """Create the run of trial ``number`` under the parent run, with all its parameters.
+
+        A store that is away is waited for (up to :func:`hpo.tracking.finisher.outage_seconds`,
+        with one warning): the trial has not trained yet, so waiting costs no work. The run
+        carries a unique ``hpo.run_key`` tag: when a create's answer is lost, the retry finds
+        the run it made instead of making a second one.
+        """
+        import uuid
+
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        from hpo.tracking.finisher import outage_seconds
+        from hpo.tracking.outage import Backoff, OutageTooLong, single_attempt
 
         if self.parent_run_id is None:
             raise RuntimeError("ensure_parent_run() must be called before start_trial()")
+        key = uuid.uuid4().hex
         all_tags = {
             **(tags or {}),
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
             "hpo.study": self.study_name,
             "hpo.trial": str(number),
             "hpo.state": "RUNNING",
+            RUN_KEY_TAG: key,
         }
-        with _tracking_errors(f"creating the run of trial {number}", self.tracking_uri):
-            run = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{number:04d}", tags=all_tags
-            )
-        trial = TrialRun(self, run.info.run_id, number)
-        trial.log_params(params)
+        what = f"creating the run of trial {number}"
+
+        def create() -> str:
+            with _tracking_errors(what, self.tracking_uri):
+                run = self.client.create_run(
+                    self.experiment_id, run_name=f"trial-{number:04d}", tags=all_tags
+                )
+            return str(run.info.run_id)
+
+        def created() -> str | None:
+            with _tracking_errors(what, self.tracking_uri):
+                found = self.client.search_runs(
+                    [self.experiment_id], f"tags.{RUN_KEY_TAG} = '{key}'", max_results=1
+                )
+            return str(found[0].info.run_id) if found else None
+
+        warned: list[bool] = []
+
+        def on_wait(exc: BaseException, waited: float) -> None:
+            self.note_unreachable()
+            if not warned:
+                warned.append(True)
+                self._warn(
+                    f"tracking store unreachable while {what} ({_first_line(exc)}); waiting up "
+                    f"to {outage_seconds():.0f} s"
+                )
+
+        backoff = Backoff(limit=outage_seconds())
+        try:
+            with single_attempt():
+                run_id = backoff.call(create, check=created, on_wait=on_wait)
+                trial = TrialRun(self, run_id, number)
+                backoff.call(lambda: trial.log_params(params), on_wait=on_wait)
+        except OutageTooLong as exc:
+            raise TrackingError(
+                f"tracking_uri: {_mask(self.tracking_uri)} unreachable for "
+                f"{outage_seconds():.0f} s while {what}: {_first_line(exc.__cause__ or exc)}"
+            ) from None
+        self._unreachable_since = None
         return trial
+
+    def _warn(self, message: str) -> None:
+        if self.finisher is not None:
+            self.finisher.warn(message)
+        else:
+            import sys
+
+            print(f"hpo: {message}", file=sys.stderr, flush=True)
 
     def load_model(self, model_uri: str) -> nn.Module:
         """Load a model this study logged (``models:/m-…``) from this tracker's store."""
@@ -534,8 +659,29 @@ class StudyTracker:
                 self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
+def boundary_inputs(data: Dataset) -> dict[str, np.ndarray] | None:
+    """The rows a decision boundary is drawn over, for data with exactly two features (the
+    boundary is then the model's whole input space); None for other data."""
+    if data.input_shape != (2,):
+        return None
+    return {
+        "X_train": data.X_train,
+        "y_train": data.y_train,
+        "X_val": data.X_val,
+        "y_val": data.y_val,
+    }
+
+
 class TrialRun:
-    """The MLflow run of one trial. Created by :meth:`StudyTracker.start_trial`."""
+    """The MLflow run of one trial. Created by :meth:`StudyTracker.start_trial`.
+
+    While the trial trains, its per-epoch metrics are written in batches (:meth:`log_epoch`). What
+    the trial's end adds (final metrics, plots, model, status) is collected
+    (:meth:`log_final`, :meth:`attach_plots`, :meth:`attach_model`) and written as one job to the
+    spool by :meth:`end`, which hands it to the tracker's finisher (:mod:`hpo.tracking.finisher`).
+    :meth:`log_plots`, :meth:`log_model` and :meth:`close` are the sender's side: they write
+    to the store at once.
+    """
 
     def __init__(self, tracker: StudyTracker, run_id: str, number: int) -> None:
         self.tracker = tracker
@@ -548,6 +694,11 @@ class TrialRun:
         self._last_epoch = 0
         #: The last per-epoch value of each metric: finals that repeat it are not logged twice.
         self._epoch_values: dict[str, float] = {}
+        #: After a failed write, epochs are kept here until this time (monotonic): a store that
+        #: is away costs the training loop one failed call, not one per epoch.
+        self._paused_until = -math.inf
+        self._plots: PlotInputs | None = None
+        self._model: ModelInputs | None = None
 
     # -- metrics and params --------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -570,30 +721,79 @@ class TrialRun:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered per-epoch metrics now."""
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self.tracker._log_batch(self.run_id, metrics=pending)
+        """Write the buffered per-epoch metrics now, if the store takes them.
+
+        A store that is away (or answers with an error) does not stop the trial: the metrics
+        stay buffered and go with the end of the run (:meth:`end`), and no write is tried for
+        :data:`PAUSE_AFTER_FAILURE_SECONDS`.
+        """
+        from hpo.tracking.outage import single_attempt
+
         self._last_flush = time.monotonic()
+        if not self._pending or self._last_flush < self._paused_until:
+            return
+        pending, self._pending = self._pending, []
+        try:
+            with single_attempt():
+                self.tracker._log_batch(self.run_id, metrics=pending)
+        except TrackingError:
+            # Kept as they are: sent again with the same timestamps, a point that did reach the
+            # store is stored once (see hpo.tracking.finisher).
+            self._pending = pending + self._pending
+            self.tracker.note_unreachable()
+            self._paused_until = self._last_flush + PAUSE_AFTER_FAILURE_SECONDS
 
     def log_final(self, metrics: Mapping[str, float]) -> None:
-        """Log the evaluation of the trained model, at the last epoch's step.
+        """Record the evaluation of the trained model, at the last epoch's step; written with
+        the end of the run.
 
         A final metric that is also a per-epoch curve (``val_loss``, ``val_accuracy``) describes
         the same model as the curve's last point: when the values agree it is not logged again,
         so each curve keeps exactly one point per epoch.
         """
         now = _now_ms()
-        step = self._last_epoch
-        final = []
         for key, value in metrics.items():
             previous = self._epoch_values.get(key)
             if previous is not None and _same(previous, float(value)):
                 continue
-            final.append(_metric(key, value, step, now))
-        pending, self._pending = self._pending, []
-        self.tracker._log_batch(self.run_id, metrics=[*pending, *final])
-        self._last_flush = time.monotonic()
+            self._pending.append(_metric(key, value, self._last_epoch, now))
+
+    def attach_plots(self, inputs: PlotInputs) -> None:
+        """The trial's plots, drawn and logged with the end of the run (:meth:`log_plots`)."""
+        self._plots = inputs
+
+    def attach_model(self, inputs: ModelInputs) -> str | None:
+        """The trained model, logged with the end of the run (:meth:`log_model`).
+
+        Its LoggedModel is created now, so the model's URI (``models:/m-…``, returned) is known
+        while the trial is still open; None if the store is away (the sender creates it then).
+        """
+        from hpo.tracking.outage import single_attempt
+
+        inputs.tags = {
+            **inputs.tags,
+            "hpo.study": self.tracker.study_name,
+            "hpo.trial": str(self.number),
+        }
+        inputs.params = {**self.params, **inputs.params}
+        inputs.step = self._last_epoch
+        try:
+            with (
+                single_attempt(),
+                _tracking_errors("creating the model", self.tracker.tracking_uri),
+            ):
+                logged = self.tracker.client.create_logged_model(
+                    experiment_id=self.tracker.experiment_id,
+                    name="model",
+                    source_run_id=self.run_id,
+                    params=inputs.params,
+                    tags=inputs.tags,
+                )
+            inputs.model_id = logged.model_id
+        except TrackingError:
+            inputs.model_id = None
+        self._model = inputs
+        return f"models:/{inputs.model_id}" if inputs.model_id else None
 
     # -- artifacts ------------------------------------------------------------------------------
     def log_figure(self, figure: Figure | bytes, artifact_file: str) -> None:
@@ -623,19 +823,20 @@ class TrialRun:
         history: Sequence[dict[str, float]],
         *,
         prediction_counts: Sequence[Sequence[int]] | None = None,
-        data: Dataset | None = None,
+        boundary: Mapping[str, np.ndarray] | None = None,
+        feature_names: Sequence[str] | None = None,
         predict_proba: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        """The plots of a trial: ``confusion_matrix.png``, ``roc_curves.png``,
+        """Draw and log the plots of a trial: ``confusion_matrix.png``, ``roc_curves.png``,
         ``learning_curves.png``; ``prediction_distribution.png`` with ``prediction_counts`` (the
-        loop's per-epoch predicted-class counts); ``decision_boundary.png`` with ``data`` and
-        ``predict_proba`` (the trained model on float32 rows) when the data has exactly two
-        features, so the boundary is the model's whole input space.
+        loop's per-epoch predicted-class counts); ``decision_boundary.png`` with ``boundary``
+        (:func:`boundary_inputs`) and ``predict_proba`` (the trained model on float32 rows).
 
         Measured around this call on 2 shared CPU cores (local SQLite store, median of 8): the
         prediction distribution adds 60-135 ms to a 10-class trial (digits; the three other plots
         take 490-570 ms there); on 2-D moons the two new plots add 280-290 ms to 330-350 ms, the
-        boundary's 22,500 grid predictions by a small MLP taking 3 ms of it.
+        boundary's 22,500 grid predictions by a small MLP taking 3 ms of it. The finisher draws
+        them while the next trial trains.
         """
         import numpy as np
 
@@ -651,15 +852,15 @@ class TrialRun:
             figures["prediction_distribution.png"] = plots.prediction_distribution_figure(
                 prediction_counts, classes, y_true
             )
-        if data is not None and predict_proba is not None and data.input_shape == (2,):
+        if boundary is not None and predict_proba is not None:
             figures["decision_boundary.png"] = plots.decision_boundary_figure(
                 predict_proba,
-                data.X_train,
-                data.y_train,
+                boundary["X_train"],
+                boundary["y_train"],
                 classes,
-                X_val=data.X_val,
-                y_val=data.y_val,
-                feature_names=data.feature_names,
+                X_val=boundary["X_val"],
+                y_val=boundary["y_val"],
+                feature_names=feature_names,
             )
         self.log_pngs(figures)
 
@@ -668,9 +869,15 @@ class TrialRun:
         model: nn.Module,
         input_example: np.ndarray,
         metadata: Mapping[str, Any] | None = None,
+        *,
+        model_id: str | None = None,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        step: int | None = None,
     ) -> str:
         """Log the trained model (``pt2``, with signature, input example and ``metadata``); return
-        its URI (``models:/m-…``), which :func:`hpo.tracking.models.load_pytorch_model` loads."""
+        its URI (``models:/m-…``), which :func:`hpo.tracking.models.load_pytorch_model` loads.
+        ``model_id``: a LoggedModel created for it already (:meth:`attach_model`)."""
         from hpo.tracking.models import log_pytorch_model
 
         self.flush()  # the model links the metrics of its step: they must be written
@@ -681,35 +888,71 @@ class TrialRun:
                 input_example,
                 experiment_id=self.tracker.experiment_id,
                 run_id=self.run_id,
-                params=self.params,
-                tags={"hpo.study": self.tracker.study_name, "hpo.trial": str(self.number)},
-                step=self._last_epoch,
+                params=self.params if params is None else params,
+                tags=(
+                    {"hpo.study": self.tracker.study_name, "hpo.trial": str(self.number)}
+                    if tags is None
+                    else tags
+                ),
+                step=self._last_epoch if step is None else step,
                 metadata=metadata,
+                model_id=model_id,
             )
 
     # -- the end ---------------------------------------------------------------------------------
-    def end(self, state: TrialState, error: str | None = None) -> None:
-        """Mirror the trial's final state on the run; idempotent (only the first call counts).
+    def end(self, state: TrialState, error: str | None = None) -> Sent | None:
+        """Mirror the trial's final state on the run, with everything collected for its end;
+        idempotent (only the first call counts).
 
-        Buffered metrics are written first, so a pruned trial's curve shows up to where it
-        stopped.
+        The job is written to the spool first (:mod:`hpo.tracking.spool`), then handed to the
+        tracker's finisher: sent in the background (returns None), or now (returns what became
+        of it). A store that is away loses nothing: the job waits in the spool. Raises
+        :class:`TrackingError` only if the job cannot be written to the spool (a full disk).
         """
-        from mlflow.entities import RunTag
+        from hpo.tracking.spool import Job, metric_rows, write_job
 
         if self.state is not None:
-            return
+            return None
         if state not in RUN_STATUS:
             raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, got {state!r}")
-        tags = [RunTag("hpo.state", state)]
-        if state == "FAIL":
-            tags.append(RunTag("hpo.error", (error or "unknown error")[:MAX_ERROR_CHARS]))
-        elif error:
-            tags.append(RunTag("hpo.reason", error[:MAX_ERROR_CHARS]))
-        self.tracker._log_batch(self.run_id, metrics=self._pending, tags=tags)
-        self._pending = []
-        self.tracker._terminate(self.run_id, RUN_STATUS[state])
-        # Only now: if the store failed, a second call (e.g. FAIL after a failed COMPLETE) retries.
+        job = Job(
+            study=self.tracker.study_name,
+            trial=self.number,
+            run_id=self.run_id,
+            state=state,
+            error=error,
+            metrics=metric_rows(self._pending),
+            plots=self._plots if state == "COMPLETE" else None,
+            model=self._model if state == "COMPLETE" else None,
+            tracking_uri=_mask(self.tracker.tracking_uri),
+        )
+        try:
+            path = write_job(job)
+        except OSError as exc:
+            raise TrackingError(
+                f"could not write the end of run {self.run_id} to the spool: {exc}"
+            ) from exc
+        self._pending, self._plots, self._model = [], None, None
+        # Only now: if the spool failed, a second call (e.g. FAIL after a failed COMPLETE) retries.
         self.state = state
+        return self.tracker.sender.submit(path)
+
+    def close(
+        self, state: str, error: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> None:
+        """End the run in the store now: its state tags, then its status (the sender's side of
+        :meth:`end`)."""
+        from mlflow.entities import RunTag
+
+        if state not in RUN_STATUS:
+            raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, got {state!r}")
+        all_tags = {**(tags or {}), "hpo.state": state}
+        if state == "FAIL":
+            all_tags["hpo.error"] = (error or "unknown error")[:MAX_ERROR_CHARS]
+        elif error:
+            all_tags["hpo.reason"] = error[:MAX_ERROR_CHARS]
+        self.tracker._log_batch(self.run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
+        self.tracker._terminate(self.run_id, RUN_STATUS[state])
 
 
 def _same(a: float, b: float) -> bool:

@@ -329,23 +329,56 @@ def test_end_is_idempotent_and_truncates_the_error(tracker: StudyTracker) -> Non
         tracker.start_trial(5, {}).end("DONE")  # type: ignore[arg-type]
 
 
-def test_end_can_be_retried_when_the_store_failed(
+def test_a_store_that_is_away_at_the_end_keeps_the_run_in_the_spool(
     tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from hpo.tracking.finisher import sync_spool
+    from hpo.tracking.spool import list_jobs
+
+    monkeypatch.setenv("HPO_TRACKING_OUTAGE_SECONDS", "0.2")
+    tracker.finisher = None  # a new inline sender, with the short outage
     run = tracker.start_trial(9, {})
+    run.log_epoch(1, epoch_metrics(1))
+    run.log_epoch(2, epoch_metrics(2))  # buffered (EPOCH_FLUSH_SECONDS)
+    run.log_final({"val_f1": 0.5})
     real_terminate = tracker._terminate
 
     def down(run_id: str, status: str) -> None:
-        raise TrackingError("tracking_uri: ending run failed: down")
+        raise TrackingError("tracking_uri: ending run failed") from ConnectionRefusedError(
+            "Connection refused"
+        )
 
     monkeypatch.setattr(tracker, "_terminate", down)
-    with pytest.raises(TrackingError):
-        run.end("COMPLETE")
+    sent = run.end("COMPLETE")
+    assert sent is not None and not sent.ok and sent.kept
+    assert "unreachable" in (sent.error or "")
+    assert len(list_jobs("demo")) == 1
+    client = tracker.client
+    assert client.get_run(run.run_id).info.status == "RUNNING"
+    run.end("FAIL", "ignored: the first end counts")
+
     monkeypatch.setattr(tracker, "_terminate", real_terminate)
-    run.end("FAIL", "TrackingError: down")
-    child = tracker.client.get_run(run.run_id)
-    assert child.info.status == "FAILED"
-    assert child.data.tags["hpo.state"] == "FAIL"
+    (again,) = sync_spool("demo", tracker)
+    assert again.ok
+    assert list_jobs("demo") == []
+    child = client.get_run(run.run_id)
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["hpo.state"] == "COMPLETE"
+    # every point once, although the metrics were sent before the failed step
+    assert sorted(m.step for m in client.get_metric_history(run.run_id, "val_loss")) == [1, 2]
+    assert [m.value for m in client.get_metric_history(run.run_id, "val_f1")] == [0.5]
+
+
+def test_a_job_for_another_store_is_not_sent_here(
+    tracker: StudyTracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo.tracking.finisher import sync_spool
+    from hpo.tracking.spool import Job, list_jobs, write_job
+
+    write_job(Job("demo", 1, "abc", "COMPLETE", tracking_uri="sqlite:////elsewhere/mlflow.db"))
+    (sent,) = sync_spool("demo", tracker)
+    assert not sent.ok and "elsewhere" in (sent.error or "")
+    assert len(list_jobs("demo")) == 1
 
 
 def test_pruned_run_keeps_its_buffered_curve_and_reason(
@@ -381,6 +414,7 @@ def test_final_metric_that_differs_from_the_last_epoch_is_logged(tracker: StudyT
     run = tracker.start_trial(6, {})
     run.log_epoch(1, epoch_metrics(1))
     run.log_final({"val_loss": 0.25})
+    run.end("COMPLETE")
     assert tracker.client.get_run(run.run_id).data.metrics["val_loss"] == 0.25
 
 

@@ -16,7 +16,7 @@ from hpo.tracking.plots import (
     figure_png,
     prediction_distribution_figure,
 )
-from hpo.tracking.runs import StudyTracker
+from hpo.tracking.runs import StudyTracker, boundary_inputs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -152,7 +152,7 @@ def test_trial_logs_the_distribution_and_a_boundary_only_for_2d_data(
         data.classes,
         history,
         prediction_counts=[[5, 5], [4, 6]],
-        data=data,
+        boundary=boundary_inputs(data),
         predict_proba=model,
     )
     run.end("COMPLETE")

@@ -1,0 +1,603 @@
+"""Sending spooled jobs (:mod:`hpo.tracking.spool`): the end of each trial's run, off the trial's
+critical path, exactly once, through outages of the tracking store.
+
+:func:`send` does one job in steps (metrics, plots, model, end of the run), recording each step
+done in the job's progress file, so a job sent again (after a crash, an outage, Ctrl-C) skips
+what its run already has. A step whose last attempt failed *ambiguously* (the store may have
+applied it; see :mod:`hpo.tracking.outage`) is checked against the run before it is repeated:
+metric points are compared with the run's histories, the model with its LoggedModel's status.
+Plots are uploaded again (same names: they replace themselves).
+
+:class:`Finisher` is what a worker uses: a background process (``python -m
+hpo.tracking.finisher``) that sends jobs while the next trial trains, so rendering the plots and
+exporting and uploading the model overlap with training instead of adding to it (measured in
+``benchmarks/overhead.py``). It reports each job back on its stdout, as one JSON line; the worker
+reads them between trials and at the end (:meth:`Finisher.drain`), when it waits for what is
+still in flight. ``Finisher(..., background=False)`` sends in the calling thread (``hpo sync``,
+and a :class:`~hpo.tracking.runs.StudyTracker` that was given no finisher).
+
+A job that cannot be sent because the store is away waits up to ``outage_seconds`` (counted from
+the start of the outage, not per job), then stays in the spool: the next worker started on this
+machine, or ``hpo sync NAME``, sends it. A job that fails for good (a 4xx answer, a full or
+read-only disk under a local store) ends its run FAILED with the reason in ``hpo.error``; the
+trial's result in Optuna is kept either way, and the job stays in the spool for ``hpo sync``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from hpo.tracking import spool
+from hpo.tracking.outage import Backoff, OutageTooLong, single_attempt
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from hpo.tracking.runs import StudyTracker
+
+#: How long a job waits for a tracking store that is away before it is left in the spool.
+OUTAGE_SECONDS = 300.0
+#: Environment variable that overrides :data:`OUTAGE_SECONDS` (tests, impatient users).
+OUTAGE_ENV = "HPO_TRACKING_OUTAGE_SECONDS"
+#: How a job that waits for the store says so (:attr:`Sent.error`).
+UNREACHABLE = "tracking store unreachable"
+#: ``HPO_FINISHER=inline`` sends jobs in the trial's own thread (no background process).
+MODE_ENV = "HPO_FINISHER"
+
+
+def outage_seconds() -> float:
+    """:data:`OUTAGE_SECONDS`, or ``$HPO_TRACKING_OUTAGE_SECONDS``."""
+    try:
+        return float(os.environ.get(OUTAGE_ENV) or OUTAGE_SECONDS)
+    except ValueError:
+        return OUTAGE_SECONDS
+
+
+@dataclass
+class Sent:
+    """What became of one job."""
+
+    path: str
+    study: str
+    trial: int
+    run_id: str
+    state: str
+    ok: bool
+    #: Why not (None when ok).
+    error: str | None = None
+    #: The job stays in the spool (to be sent later): the store was away, or it failed for good.
+    kept: bool = False
+
+
+# -- one job -------------------------------------------------------------------------------------
+def send(
+    path: Path,
+    tracker: StudyTracker,
+    backoff: Backoff,
+    on_wait: Callable[[BaseException, float], None] | None = None,
+) -> Sent | None:
+    """Send the job at ``path`` to ``tracker``'s store; None if another process is sending it."""
+    with spool.locked(path) as mine:
+        if not mine:
+            return None
+        job = spool.read_job(path)
+        result = Sent(str(path), job.study, job.trial, job.run_id, job.state, ok=False)
+        store = _mask(tracker.tracking_uri)
+        if job.tracking_uri and job.tracking_uri != store:
+            result.error = f"its run is in {job.tracking_uri}, not {store}"
+            result.kept = True
+            return result
+        try:
+            _Sender(job, tracker, backoff, on_wait).run()
+        except OutageTooLong as exc:
+            result.error = f"{UNREACHABLE}: {_first_line(exc)}"
+            result.kept = True
+            return result
+        except Exception as exc:
+            result.error = f"{type(exc).__name__}: {_first_line(exc)}"
+            result.kept = True
+            _mark_failed(job, tracker, result.error)
+            progress = spool.read_progress(path)
+            spool.write_progress(path, {**progress, "failed": result.error})
+            return result
+        result.ok = True
+    spool.remove_job(path)
+    return result
+
+
+def _mask(uri: str) -> str:
+    from hpo.storage import mask_url
+
+    return mask_url(uri)
+
+
+def _first_line(exc: BaseException) -> str:
+    from hpo.tracking.runs import _first_line as first
+
+    cause = exc.__cause__ if isinstance(exc, OutageTooLong) and exc.__cause__ else exc
+    return first(cause)
+
+
+def _mark_failed(job: spool.Job, tracker: StudyTracker, error: str) -> None:
+    """A job that failed for good: its run ends FAILED and says why (if the store takes that)."""
+    with contextlib.suppress(Exception):
+        reason = f"could not log the end of the trial's run: {error}"
+        tracker.log_to_run(job.run_id, tags={"hpo.state": "FAIL", "hpo.error": reason[:5000]})
+        tracker._terminate(job.run_id, "FAILED")
+        if job.model is not None and job.model.model_id:
+            from mlflow.entities import LoggedModelStatus
+
+            tracker.client.finalize_logged_model(job.model.model_id, LoggedModelStatus.FAILED)
+
+
+class _Sender:
+    """The steps of one job, each done once (see the module docstring)."""
+
+    STEPS = ("metrics", "plots", "model", "end")
+
+    def __init__(
+        self,
+        job: spool.Job,
+        tracker: StudyTracker,
+        backoff: Backoff,
+        on_wait: Callable[[BaseException, float], None] | None,
+    ) -> None:
+        from hpo.tracking.runs import TrialRun
+
+        assert job.path is not None
+        self.job = job
+        self.path = job.path
+        self.tracker = tracker
+        self.backoff = backoff
+        self.on_wait = on_wait
+        self.progress = spool.read_progress(self.path)
+        self.run_ = TrialRun(tracker, job.run_id, job.trial)
+        self._module: nn.Module | None = None
+
+    def run(self) -> None:
+        for step in self.STEPS:
+            if step in self.progress["done"]:
+                continue
+            # Started before and not done: the last attempt's fate is unknown.
+            unsure = step in self.progress.get("started", [])
+            self._mark("started", step)
+            getattr(self, f"_send_{step}")(unsure)
+            self._mark("done", step)
+
+    def _mark(self, kind: str, step: str) -> None:
+        steps = self.progress.setdefault(kind, [])
+        if step not in steps:
+            steps.append(step)
+            spool.write_progress(self.path, self.progress)
+
+    def _call(self, fn: Callable[[], Any], check: Callable[[], Any] | None = None) -> Any:
+        with single_attempt():
+            return self.backoff.call(fn, check=check, on_wait=self.on_wait)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _send_metrics(self, unsure: bool) -> None:
+        # Sent again as they are (same timestamps): MLflow's stores key a metric point by (run,
+        # key, step, timestamp, value), so a batch that arrives twice is stored once.
+        rows = self.job.metrics
+        if rows:
+            self._call(lambda: self.tracker._log_batch(self.job.run_id, metrics=_metrics(rows)))
+
+    def _send_plots(self, unsure: bool) -> None:
+        p = self.job.plots
+        if p is None:
+            return
+        self._call(
+            lambda: self.run_.log_plots(
+                p.y_true,
+                p.proba,
+                p.classes,
+                p.history,
+                prediction_counts=p.prediction_counts,
+                boundary=p.boundary,
+                feature_names=p.feature_names,
+                predict_proba=self._predict_proba if p.boundary is not None else None,
+            )
+        )
+
+    def _send_model(self, unsure: bool) -> None:
+        m = self.job.model
+        if m is None:
+            return
+        if m.model_id and unsure and self._model_ready(m.model_id):
+            return
+        module = self._rebuilt()
+
+        def log() -> str:
+            return self.run_.log_model(
+                module,
+                m.example,
+                m.metadata,
+                model_id=m.model_id,
+                params=m.params,
+                tags=m.tags,
+                step=m.step,
+            )
+
+        def check() -> str | None:
+            if m.model_id and self._model_ready(m.model_id):
+                return f"models:/{m.model_id}"
+            return None
+
+        self._call(log, check)
+
+    def _model_ready(self, model_id: str) -> bool:
+        from mlflow.entities import LoggedModelStatus
+
+        status = self.tracker.client.get_logged_model(model_id).status
+        return bool(status == LoggedModelStatus.READY)
+
+    def _send_end(self, unsure: bool) -> None:
+        job = self.job
+        self._call(lambda: self.run_.close(job.state, job.error, tags=job.tags))
+        if self.progress.get("failed") and job.state != "FAIL":
+            # An earlier attempt marked the run FAILED: that verdict no longer holds.
+            with contextlib.suppress(Exception):
+                self.tracker.client.delete_tag(job.run_id, "hpo.error")
+
+    # -- the trained model ----------------------------------------------------------------------
+    def _rebuilt(self) -> nn.Module:
+        """The trial's model, rebuilt from its family and loaded with its trained weights."""
+        if self._module is None:
+            from hpo.models import FAMILIES
+
+            m = self.job.model
+            assert m is not None
+            family = FAMILIES.get(m.family)()
+            module = family.build(
+                family.Params(**m.family_params), tuple(m.input_shape), m.n_classes
+            )
+            module.load_state_dict(m.state_dict)
+            module.eval()
+            self._module = module
+        return self._module
+
+    def _predict_proba(self, X: Any) -> Any:
+        import torch
+
+        from hpo.training.loop import predict_proba
+
+        return predict_proba(self._rebuilt(), X, torch.device("cpu"))
+
+
+def _metrics(rows: Sequence[Sequence[Any]]) -> list[Any]:
+    from mlflow.entities import Metric
+
+    return [Metric(str(k), float(v), int(ts), int(step)) for k, v, step, ts in rows]
+
+
+# -- the worker's side ---------------------------------------------------------------------------
+class Finisher:
+    """Sends a study's jobs: in a background process (default) or in the calling thread.
+
+    ``submit`` hands a spooled job over; ``poll`` returns what was sent since the last call (and
+    prints the sender's warnings); ``drain`` waits for everything submitted. The background
+    process starts on first use (:meth:`start` starts it early, so its imports overlap with the
+    first trial) and is restarted once if it dies; it ignores Ctrl-C (the worker decides when
+    to stop waiting for it: :meth:`drain`), and finishes what it was given if the worker is
+    killed.
+    """
+
+    def __init__(
+        self,
+        tracker: StudyTracker,
+        *,
+        background: bool | None = None,
+        outage: float | None = None,
+        warn: Callable[[str], None] | None = None,
+    ) -> None:
+        self.tracker = tracker
+        if background is None:
+            background = os.environ.get(MODE_ENV, "background").lower() != "inline"
+        self.background = background
+        self.outage = outage_seconds() if outage is None else outage
+        self.warn = warn or _stderr
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._results: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._pending: dict[str, int] = {}  # job path → times submitted
+        self._restarted = False
+        self._inline_outage = _OutageClock(self.outage)
+        self._done: list[Sent] = []
+
+    # -- the background process -----------------------------------------------------------------
+    def start(self) -> None:
+        """Start the background process now (no-op inline or when running)."""
+        if not self.background or (self._proc is not None and self._proc.poll() is None):
+            return
+        env = {**os.environ, OUTAGE_ENV: str(self.outage)}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "hpo.tracking.finisher"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            # Its own process group: a Ctrl-C in the terminal goes to the worker, which then
+            # decides how long to wait for the jobs in flight.
+            start_new_session=True,
+        )
+        header = {"tracking_uri": self.tracker.tracking_uri, "study": self.tracker.study_name}
+        self._write(json.dumps(header))
+        self._reader = threading.Thread(
+            target=_read_lines, args=(self._proc.stdout, self._results), daemon=True
+        )
+        self._reader.start()
+
+    def _write(self, line: str) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(line.encode() + b"\n")
+        self._proc.stdin.flush()
+
+    def submit(self, path: Path) -> Sent | None:
+        """Send the job at ``path``: handed to the background process, or sent now (inline,
+        returning what became of it)."""
+        if not self.background:
+            sent = self._send_inline(path)
+            if sent is not None:
+                self._done.append(sent)
+            return sent
+        self._pending[str(path)] = self._pending.get(str(path), 0) + 1
+        if self._proc is not None and self._proc.poll() is not None:
+            self._revive()  # it died: a new one gets every unsent job, this one included
+            return None
+        try:
+            self.start()
+            self._write(str(path))
+        except (BrokenPipeError, OSError):
+            self._revive()
+        return None
+
+    def _send_inline(self, path: Path) -> Sent | None:
+        backoff = Backoff(limit=self._inline_outage.remaining())
+        sent = send(path, self.tracker, backoff, on_wait=self._inline_outage.waiting(self.warn))
+        self._inline_outage.update(sent)
+        self._note(sent)
+        return sent
+
+    def _note(self, sent: Sent | None) -> None:
+        if sent is None or not sent.error:
+            return
+        self.warn(_describe_failure(sent))
+        if _unreachable(sent):
+            self.tracker.note_unreachable()
+
+    def _revive(self) -> None:
+        """The background process died: start a new one once and give it the unsent jobs;
+        after that, send them inline."""
+        proc = self._proc
+        code = proc.poll() if proc is not None else None
+        self._proc = None
+        if not self._restarted:
+            self._restarted = True
+            self.warn(f"the background sender exited (code {code}); starting a new one")
+            try:
+                self.start()
+                for path in list(self._pending):
+                    self._write(path)
+                return
+            except OSError:
+                self._proc = None
+        self.warn("sending the remaining trial runs from this process")
+        self.background = False
+        for path in list(self._pending):
+            self._pending.pop(path, None)
+            self.submit(Path(path))
+
+    def poll(self) -> list[Sent]:
+        """What was sent since the last call (not waiting)."""
+        while True:
+            try:
+                message = self._results.get_nowait()
+            except queue.Empty:
+                break
+            if message is None:  # the process's stdout closed
+                if self._pending:
+                    self._revive()
+                continue
+            self._handle(message)
+        done, self._done = self._done, []
+        return done
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "warning":
+            self.warn(str(message.get("message")))
+        elif event == "sent":
+            sent = Sent(**message["sent"])
+            self._pending.pop(sent.path, None)
+            self._note(sent)
+            self._done.append(sent)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs submitted to the background process and not reported back yet."""
+        return len(self._pending)
+
+    def drain(self) -> list[Sent]:
+        """Wait until every submitted job was sent (or given up on); stop the process.
+
+        Ctrl-C stops the wait: the background process is stopped, and the jobs it had not sent
+        stay in the spool (``hpo sync``).
+        """
+        proc = self._proc
+        if proc is None:
+            return self.poll()
+        try:
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            while self._pending and proc.poll() is None:
+                try:
+                    message = self._results.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if message is not None:
+                    self._handle(message)
+            proc.wait()
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        finally:
+            self._proc = None
+        done = self.poll()
+        if self._pending:  # it exited without reporting some
+            self.warn(
+                f"{len(self._pending)} trial runs were not sent; `hpo sync "
+                f"{self.tracker.study_name}` sends them"
+            )
+            self._pending.clear()
+        return done
+
+    def stop(self) -> None:
+        """Stop the background process at once (its unsent jobs stay in the spool)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _unreachable(sent: Sent) -> bool:
+    return bool(sent.kept and sent.error and sent.error.startswith(UNREACHABLE))
+
+
+def _describe_failure(sent: Sent) -> str:
+    where = f"trial {sent.trial} (run {sent.run_id})"
+    if _unreachable(sent):
+        return (
+            f"{where}: {sent.error}; its run waits in the spool, `hpo sync {sent.study}` "
+            "sends it; the trial's result is saved"
+        )
+    return f"{where}: {sent.error}; the run is marked FAILED, the trial's result is saved"
+
+
+def _stderr(message: str) -> None:
+    print(f"hpo: {message}", file=sys.stderr, flush=True)
+
+
+def _read_lines(stream: IO[bytes] | None, out: queue.Queue[dict[str, Any] | None]) -> None:
+    if stream is not None:
+        for raw in stream:
+            with contextlib.suppress(ValueError):
+                out.put(json.loads(raw))
+    out.put(None)
+
+
+class _OutageClock:
+    """One outage for all jobs: once the store has been away for ``limit`` seconds, the next
+    jobs try once each instead of waiting ``limit`` again; a job that gets through ends it."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.since: float | None = None
+        self._warned = False
+
+    def remaining(self) -> float:
+        if self.since is None:
+            return self.limit
+        return max(0.0, self.limit - (time.monotonic() - self.since))
+
+    def waiting(self, warn: Callable[[str], None]) -> Callable[[BaseException, float], None]:
+        def on_wait(exc: BaseException, waited: float) -> None:
+            if self.since is None:
+                self.since = time.monotonic() - waited
+            if not self._warned:
+                self._warned = True
+                warn(
+                    f"tracking store unreachable ({_first_line(exc)}); retrying for up to "
+                    f"{self.remaining():.0f} s, the trial runs wait in the spool meanwhile"
+                )
+
+        return on_wait
+
+    def update(self, sent: Sent | None) -> None:
+        if sent is not None and sent.ok:
+            self.since, self._warned = None, False
+
+
+# -- the background process ----------------------------------------------------------------------
+def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
+    """The background process's loop: a JSON header line, then one job path per line."""
+    from hpo.tracking.runs import StudyTracker
+
+    header = json.loads(next(lines))
+    tracker = StudyTracker(header["tracking_uri"], header["study"])
+    clock = _OutageClock(outage_seconds())
+
+    def warn(message: str) -> None:
+        emit({"event": "warning", "message": message})
+
+    for line in lines:
+        path = Path(line.strip())
+        if not line.strip():
+            continue
+        try:
+            backoff = Backoff(limit=clock.remaining())
+            sent = send(path, tracker, backoff, on_wait=clock.waiting(warn))
+        except Exception as exc:  # an unreadable job must not stop the others
+            job_error = f"{type(exc).__name__}: {exc}"
+            sent = Sent(str(path), tracker.study_name, -1, "", "", ok=False, error=job_error)
+            sent.kept = True
+        clock.update(sent)
+        if sent is None:  # another process holds it
+            sent = Sent(str(path), tracker.study_name, -1, "", "", ok=False, error=None)
+            sent.kept = True
+        emit({"event": "sent", "sent": asdict(sent)})
+
+
+def main() -> None:
+    """``python -m hpo.tracking.finisher``: see :class:`Finisher`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import torch
+
+    # One core's worth: the trial that trains meanwhile needs the others.
+    torch.set_num_threads(1)
+    out = sys.stdout
+    # Anything a library prints must not corrupt the JSON lines.
+    sys.stdout = sys.stderr
+
+    def emit(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message, default=str) + "\n")
+        out.flush()
+
+    serve((line for line in sys.stdin), emit)
+
+
+if __name__ == "__main__":
+    main()
+
+
+def sync_spool(study_name: str, tracker: StudyTracker, *, outage: float = 30.0) -> list[Sent]:
+    """Send every job of ``study_name`` waiting in this machine's spool, in this thread
+    (``hpo sync``); a store that is away is waited for up to ``outage`` seconds in all."""
+    finisher = Finisher(tracker, background=False, outage=outage)
+    sent = [finisher.submit(path) for path in spool.list_jobs(study_name)]
+    return [s for s in sent if s is not None]

@@ -1,0 +1,73 @@
+"""A running trial's intermediate values and user attributes, written together, not one by one.
+
+``Trial.report`` writes each epoch's value to the storage at once (one transaction, 2 ms on
+SQLite in WAL mode, more against a remote Postgres), and so does every ``set_user_attr``: for
+the reference trial (20 epochs, 9 attributes) that is about 60 ms of a 370 ms training. Nothing
+needs those rows while the trial runs, except the trial's own pruning decision and a dashboard
+that shows its curve live:
+
+* :func:`report` records a value on the trial object only, where ``Trial.should_prune`` reads it
+  (Optuna keeps the running trial's values in ``trial._cached_frozen_trial``): the pruner decides
+  exactly as after ``Trial.report``;
+* :func:`write_trial` writes what was collected in one transaction: every few seconds while the
+  trial runs (the dashboard's curve stays live), and before the trial is told its end, so a
+  finished trial has all its values and attributes, as Optuna's pruners of other trials and
+  ``Study.tell`` (a pruned trial's value is its last report) expect.
+
+Writing several rows in one transaction uses the RDB storage's ``*_without_commit`` helpers
+(Optuna 5.0, which ``pyproject.toml`` pins); other storages get one call per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+
+
+def report(trial: optuna.Trial, step: int, value: float) -> bool:
+    """Record ``value`` at ``step`` on the running trial, for its pruner, without writing it.
+
+    Returns False (and records nothing) if the step was reported already, as ``Trial.report``
+    ignores a second report of a step.
+    """
+    values = trial._cached_frozen_trial.intermediate_values
+    if step in values:
+        return False
+    values[step] = float(value)
+    return True
+
+
+def write_trial(
+    storage: optuna.storages.BaseStorage,
+    trial_id: int,
+    *,
+    user_attrs: Mapping[str, Any] | None = None,
+    intermediate_values: Mapping[int, float] | None = None,
+) -> None:
+    """Write ``intermediate_values`` and ``user_attrs`` of a running trial, in one transaction
+    on an RDB storage. Raises what the storage raises (``UpdateFinishedTrialError`` for a trial
+    that ended, ``StorageInternalError`` for a database that is away); nothing is written then.
+    """
+    attrs = dict(user_attrs or {})
+    values = dict(intermediate_values or {})
+    if not attrs and not values:
+        return
+    backend = getattr(storage, "_backend", storage)
+    if isinstance(backend, optuna.storages.RDBStorage):
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(backend.scoped_session, True) as session:
+            for step, value in sorted(values.items()):
+                backend._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+            for key, attr in attrs.items():
+                backend._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, attr
+                )
+        return
+    for step, value in sorted(values.items()):
+        storage.set_trial_intermediate_value(trial_id, step, value)
+    for key, attr in attrs.items():
+        storage.set_trial_user_attr(trial_id, key, attr)

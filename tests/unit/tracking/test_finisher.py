@@ -1,0 +1,201 @@
+"""The end of a trial's run, sent from the spool: complete, once, and through failures."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.entities import LoggedModelStatus
+
+from hpo.models import FAMILIES
+from hpo.tracking import spool
+from hpo.tracking.finisher import Finisher, sync_spool
+from hpo.tracking.models import load_pytorch_model
+from hpo.tracking.runs import StudyTracker, TrialRun
+from hpo.tracking.spool import ModelInputs, PlotInputs
+
+EPOCHS = 3
+
+
+def a_trained_mlp() -> tuple[torch.nn.Module, dict[str, object]]:
+    family = FAMILIES.get("mlp")()
+    params = family.Params(depth=1, width=8)
+    torch.manual_seed(0)
+    model = family.build(params, (4,), 3)
+    model.eval()
+    return model, params.model_dump(mode="json")
+
+
+def a_finished_trial(
+    tracker: StudyTracker, number: int = 0
+) -> tuple[TrialRun, torch.nn.Module, np.ndarray, str | None]:
+    """A trial run as the objective leaves it: epochs logged, the end collected."""
+    run = tracker.start_trial(number, {"lr": 0.1})
+    history = []
+    for epoch in range(1, EPOCHS + 1):
+        metrics = {"train_loss": 1.0 / epoch, "val_loss": 1.1 / epoch, "val_accuracy": 0.5}
+        run.log_epoch(epoch, metrics)
+        history.append({"epoch": float(epoch), **metrics})
+    run.log_final({"val_accuracy": 0.5, "val_f1": 0.4})
+    model, family_params = a_trained_mlp()
+    X = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    y = np.arange(12) % 3
+    with torch.no_grad():
+        proba = torch.softmax(model(torch.from_numpy(X)), dim=1).numpy()
+    run.attach_plots(PlotInputs(y, proba, ["a", "b", "c"], history, [[4, 4, 4]] * EPOCHS))
+    uri = run.attach_model(
+        ModelInputs(
+            family="mlp",
+            family_params=family_params,
+            input_shape=[4],
+            n_classes=3,
+            state_dict=model.state_dict(),
+            example=X[:5],
+            metadata={"hpo": {"study": "demo"}},
+            params={},
+            tags={},
+            step=0,
+        )
+    )
+    return run, model, X, uri
+
+
+def assert_complete(
+    tracker: StudyTracker, run: TrialRun, model: torch.nn.Module, X: np.ndarray, uri: str
+) -> None:
+    client = tracker.client
+    child = client.get_run(run.run_id)
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["hpo.state"] == "COMPLETE"
+    assert "hpo.error" not in child.data.tags
+    for key in ("train_loss", "val_loss"):
+        points = client.get_metric_history(run.run_id, key)
+        assert sorted(m.step for m in points) == list(range(1, EPOCHS + 1)), key
+    assert [m.value for m in client.get_metric_history(run.run_id, "val_f1")] == [0.4]
+    names = {a.path for a in client.list_artifacts(run.run_id)}
+    assert {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"} <= names
+    assert "prediction_distribution.png" in names
+    logged = client.get_logged_model(uri.removeprefix("models:/"))
+    assert logged.status == LoggedModelStatus.READY
+    assert logged.source_run_id == run.run_id
+    assert logged.params["lr"] == "0.1"
+    loaded = load_pytorch_model(uri, tracking_uri=tracker.tracking_uri)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            loaded(torch.from_numpy(X)).numpy(), model(torch.from_numpy(X)).numpy(), atol=1e-6
+        )
+
+
+def test_a_trial_ends_complete_with_its_plots_and_model(tracker: StudyTracker) -> None:
+    run, model, X, uri = a_finished_trial(tracker)
+    # The model's URI is known before the trial ends: the trial records it.
+    assert uri is not None and uri.startswith("models:/m-")
+    assert tracker.client.get_run(run.run_id).info.status == "RUNNING"
+    sent = run.end("COMPLETE")
+    assert sent is not None and sent.ok and (sent.trial, sent.state) == (0, "COMPLETE")
+    assert_complete(tracker, run, model, X, uri)
+    assert spool.list_jobs("demo") == []
+
+
+def test_a_pruned_trial_sends_no_artifacts(tracker: StudyTracker) -> None:
+    run, *_ = a_finished_trial(tracker)
+    run.end("PRUNED", "pruned at epoch 3")
+    client = tracker.client
+    child = client.get_run(run.run_id)
+    assert child.info.status == "KILLED" and child.data.tags["hpo.reason"] == "pruned at epoch 3"
+    assert client.list_artifacts(run.run_id) == []
+
+
+def test_a_job_that_fails_for_good_marks_the_run_and_is_sent_once_it_can(
+    tracker: StudyTracker, workdir: Path
+) -> None:
+    run, model, X, uri = a_finished_trial(tracker)
+    assert uri is not None
+    # The run's artifact directory cannot be written: a file stands where it should be.
+    artifacts = Path(tracker.client.get_run(run.run_id).info.artifact_uri.removeprefix("file://"))
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text("not a directory")
+    sent = run.end("COMPLETE")
+    assert sent is not None and not sent.ok and sent.kept
+    assert "uploading plots" in (sent.error or "") and "Not a directory" in (sent.error or "")
+    client = tracker.client
+    child = client.get_run(run.run_id)
+    assert child.info.status == "FAILED"
+    assert child.data.tags["hpo.error"].startswith("could not log the end of the trial's run")
+    assert client.get_logged_model(uri.removeprefix("models:/")).status == LoggedModelStatus.FAILED
+    (path,) = spool.list_jobs("demo")
+    assert spool.read_progress(path)["done"] == ["metrics"]  # the plots step failed
+
+    artifacts.unlink()  # the disk is fixed
+    (again,) = sync_spool("demo", tracker)
+    assert again.ok
+    assert_complete(tracker, run, model, X, uri)
+    # the metrics were not sent twice
+    assert len(client.get_metric_history(run.run_id, "val_loss")) == EPOCHS
+
+
+def test_a_job_cut_off_mid_step_is_sent_again_without_duplicates(tracker: StudyTracker) -> None:
+    run, model, X, uri = a_finished_trial(tracker)
+    assert uri is not None
+    # A sender that dies while logging the model: the metrics and plots are in the store,
+    # the model step started and did not finish.
+    tracker.sender.submit = lambda path: None  # type: ignore[method-assign]
+    run.end("COMPLETE")
+    (path,) = spool.list_jobs("demo")
+    tracker.finisher = None
+    from mlflow.entities import Metric
+
+    job = spool.read_job(path)
+    tracker._log_batch(run.run_id, metrics=[Metric(k, v, ts, s) for k, v, s, ts in job.metrics])
+    spool.write_progress(path, {"done": ["metrics"], "started": ["metrics", "plots"]})
+    (sent,) = sync_spool("demo", tracker)
+    assert sent.ok
+    assert_complete(tracker, run, model, X, uri)
+    assert len(tracker.client.get_metric_history(run.run_id, "val_loss")) == EPOCHS
+
+
+def test_the_background_process_sends_while_the_caller_goes_on_and_is_replaced_if_it_dies(
+    tracker: StudyTracker,
+) -> None:
+    finisher = Finisher(tracker, background=True)
+    tracker.finisher = finisher
+    warnings: list[str] = []
+    finisher.warn = warnings.append
+    finisher.start()
+    first = a_finished_trial(tracker, 0)
+    assert first[0].end("COMPLETE") is None  # handed over, not sent here
+    # The process dies (before or after it sent the first job: either way nothing is lost).
+    assert finisher._proc is not None
+    finisher._proc.kill()
+    finisher._proc.wait()
+    second = a_finished_trial(tracker, 1)
+    second[0].end("COMPLETE")
+    sent = finisher.drain()
+    assert {s.trial for s in sent if s.ok} >= {1}
+    assert finisher.in_flight == 0
+    for run, model, X, uri in (first, second):
+        assert uri is not None
+        assert_complete(tracker, run, model, X, uri)
+    assert spool.list_jobs("demo") == []
+    assert any("starting a new one" in w for w in warnings)
+
+
+def test_jobs_left_by_an_earlier_process_are_sent_by_the_next_one(tracker: StudyTracker) -> None:
+    run, model, X, uri = a_finished_trial(tracker)
+    sender = tracker.sender
+    sender.submit = lambda path: None  # type: ignore[method-assign]  # the process was killed
+    run.end("COMPLETE")
+    tracker.finisher = None
+    assert len(spool.list_jobs("demo")) == 1
+    sent = sync_spool("demo", tracker)
+    assert [s.ok for s in sent] == [True]
+    assert uri is not None
+    assert_complete(tracker, run, model, X, uri)
+
+
+def test_the_spool_survives_a_missing_study_directory(tracker: StudyTracker) -> None:
+    assert sync_spool("demo", tracker) == []
+    shutil.rmtree(spool.spool_root(), ignore_errors=True)
+    assert sync_spool("demo", tracker) == []
