@@ -299,8 +299,15 @@ def worker(
         existing = load_study(study_name, storage_url)
         spec = stored_spec(existing)
         source = f"study '{study_name}'"
-        stored = existing.user_attrs.get(TRACKING_URI_ATTR)
-        known_uri = stored if stored and "***" not in stored else spec.tracking_uri
+        known_uri = existing.user_attrs.get(TRACKING_URI_ATTR) or spec.tracking_uri
+        if known_uri and "***" in known_uri:
+            # Stored with its password masked: the worker must be given the real one.
+            if not (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+                raise click.UsageError(
+                    f"study '{study_name}' logs to {known_uri}, whose password is not stored; "
+                    "give the tracking URI with --tracking-uri or $MLFLOW_TRACKING_URI"
+                )
+            known_uri = None
     else:
         raise click.UsageError("give a study FILE, or --study NAME (and --storage URL)")
     spec = _with_heartbeat(spec, heartbeat_interval, heartbeat_grace, max_retries)

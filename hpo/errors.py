@@ -26,6 +26,14 @@ class StorageError(HpoError):
     """The Optuna storage is unreachable, the URL is invalid, or the study cannot be used."""
 
 
+class StorageUnavailable(StorageError):
+    """The storage's database did not answer (refused, dropped or timed out the connection).
+
+    A :class:`StorageError` where a command starts (one line, exit 2); a running worker waits and
+    retries instead (:func:`hpo.worker._through_outage`), since the database may come back.
+    """
+
+
 class TrackingError(HpoError):
     """The MLflow tracking store is unreachable or refuses a request."""
 

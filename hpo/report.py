@@ -90,7 +90,7 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
         "?workflowType=machine_learning"
     )
     if uri.startswith(("http://", "https://")):
-        console.print(f"MLflow: {uri.rstrip('/')}/{where}")
+        console.print(f"MLflow: {mask_url(uri).rstrip('/')}/{where}")
     else:
         console.print(f"browse it: hpo ui   then open http://127.0.0.1:5000/{where}")
     if not result.report_error:

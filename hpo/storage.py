@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpo.errors import StorageError
+from hpo.errors import StorageError, StorageUnavailable
 from hpo.sqlite_tuning import tune_sqlite_engine
 
 if TYPE_CHECKING:
@@ -54,8 +54,13 @@ def resolve_storage_url(cli: str | None = None, spec: str | None = None) -> str:
 
 
 def mask_url(url: str) -> str:
-    """``postgresql://bob:secret@db/x`` → ``postgresql://bob:***@db/x``."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+    """``postgresql://bob:secret@db/x`` → ``postgresql://bob:***@db/x``.
+
+    The password is what SQLAlchemy reads as one (everything up to the ``@``, ``/`` included), and
+    a ``password=`` query parameter (libpq takes one) is masked too.
+    """
+    url = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -164,7 +169,9 @@ def _storage_errors(url: str) -> Iterator[None]:
             f"storage: the driver for '{shown}' is not installed ({exc.name})"
         ) from None
     except sqlalchemy.exc.OperationalError as exc:
-        raise StorageError(f"storage: cannot connect to '{shown}': {_first_line(exc)}") from None
+        raise StorageUnavailable(
+            f"storage: cannot connect to '{shown}': {_first_line(exc)}"
+        ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise StorageError(f"storage: '{shown}': {_first_line(exc)}") from None
 
@@ -243,10 +250,29 @@ def _postgres_lock(url: str, key: int) -> Iterator[None]:
             _LOCK_ENGINES[url] = engine
         connection = engine.connect()
     with connection:
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        connection.commit()
+        with _storage_errors(url):  # the connection may be lost while it waits for the lock
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            connection.commit()
         try:
             yield
         finally:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            connection.commit()
+            _postgres_unlock(connection, key)
+
+
+def _postgres_unlock(connection: Any, key: int) -> None:
+    """Release the advisory lock; if that fails, close the connection instead of raising.
+
+    A session lock lives as long as its connection: when the connection was lost while the lock
+    was held (a database restart, ``pg_terminate_backend``), the server has already released it.
+    Raising here would turn the finished work under the lock into an error (a worker would then
+    claim a second trial); returning the connection to the pool with the lock possibly still
+    held would lock every other worker out. Invalidating it closes it for good, which releases
+    the lock, and the pool opens a new connection next time.
+    """
+    import sqlalchemy
+
+    try:
+        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        connection.commit()
+    except Exception:
+        connection.invalidate()

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import StorageError
+from hpo.errors import StorageError, StorageUnavailable
 from hpo.storage import study_lock
 
 if TYPE_CHECKING:
@@ -143,6 +143,41 @@ class StaleTrialHandler:
         )
 
 
+def adopt_unbeaten_trials(study: optuna.Study) -> list[int]:
+    """Give a first heartbeat to RUNNING trials that have none; return their numbers.
+
+    Call it under the study lock, which every claim holds from ``ask`` to the trial's first
+    heartbeat: a RUNNING trial without one seen there was left by a claim that failed half-way,
+    and has no worker. From now on the grace period applies to it like to any dead worker's
+    trial. (A live trial adopted by mistake loses nothing: its own heartbeats follow.) RDB
+    storages only; others have no heartbeat and nothing is done.
+    """
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # optuna wraps RDB storages in a cache
+    if not isinstance(backend, RDBStorage):
+        return []
+    # Optuna's own schema (``trials``, ``trial_heartbeats``), as in hpo.study.last_trials.
+    with backend.engine.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.text(
+                "SELECT t.trial_id, t.number FROM trials t LEFT JOIN trial_heartbeats h "
+                "ON h.trial_id = t.trial_id WHERE t.study_id = :study AND t.state = 'RUNNING' "
+                "AND h.trial_id IS NULL"
+            ),
+            {"study": study._study_id},
+        ).all()
+    for trial_id, number in rows:
+        backend.record_heartbeat(trial_id)
+        _warn(
+            f"trial {number} is RUNNING without a heartbeat (its claim failed half-way); it "
+            "is failed and re-run unless its worker beats within the grace period"
+        )
+    return [number for _, number in rows]
+
+
 def close_stale_run(tracker: StudyTracker, run_id: str, error: str) -> None:
     """End a stale trial's MLflow run as FAILED with ``error`` if it is still RUNNING.
 
@@ -208,9 +243,15 @@ class _Heartbeat:
 
 # -- the storage, through outages --------------------------------------------------------------
 def _is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database did not answer (worth waiting for), not a mistake."""
     import sqlalchemy.exc
 
-    return isinstance(exc, optuna.exceptions.StorageInternalError | sqlalchemy.exc.OperationalError)
+    return isinstance(
+        exc,
+        optuna.exceptions.StorageInternalError
+        | sqlalchemy.exc.OperationalError
+        | StorageUnavailable,  # hpo.storage's own (the study lock's connection)
+    )
 
 
 def _through_outage(what: str, fn: Callable[[], Any], limit: float = STORAGE_OUTAGE_SECONDS) -> Any:
@@ -347,8 +388,11 @@ class TrialLoop:
                     break
                 frozen = self._run_one(trial)
                 self.ran += 1
-                for callback in self.callbacks:
-                    callback(self.study, frozen)
+                for callback in self.callbacks:  # they read the study: through outages too
+                    _through_outage(
+                        f"taking in the result of trial {frozen.number}",
+                        lambda c=callback, f=frozen: c(self.study, f),  # type: ignore[misc]
+                    )
         return self.ran
 
     def _fail_stale(self) -> None:
@@ -357,14 +401,32 @@ class TrialLoop:
             optuna.storages.fail_stale_trials(self.study)
 
     def _claim(self) -> tuple[optuna.Trial | None, int]:
-        """Under the study lock: a new trial if the budget has room, and how many run."""
+        """Under the study lock: a new trial if the budget has room, and how many run.
+
+        With a heartbeat, the new trial's first heartbeat is written here, under the lock, before
+        the trial runs: Optuna never fails a RUNNING trial that has no heartbeat, so a worker
+        killed (or failing) between ``ask`` and its heartbeat thread would leave the trial
+        RUNNING forever, counted against the budget and waited for by every other worker. A claim
+        that still fails half-way (the process killed between the two writes, the connection lost
+        after ``ask`` committed) leaves such a trial; the next claim, under the same lock, gives
+        it a heartbeat (:func:`adopt_unbeaten_trials`), so the grace period fails and re-queues it.
+        """
+        storage = self.study._storage
         with study_lock(self.storage_url, self.study.study_name):
-            if self.budget is None:
-                return self.study.ask(), 0
-            used, running = budget_usage(self.study)
-            if used >= self.budget:
-                return None, running
-            return self.study.ask(), running
+            if self.heartbeat_interval is not None:
+                adopt_unbeaten_trials(self.study)
+            running = 0
+            if self.budget is not None:
+                used, running = budget_usage(self.study)
+                if used >= self.budget:
+                    return None, running
+            trial = self.study.ask()
+            if self.heartbeat_interval is not None:
+                _through_outage(
+                    f"starting trial {trial.number}",
+                    lambda: storage.record_heartbeat(trial._trial_id),  # type: ignore[attr-defined]
+                )
+            return trial, running
 
     def _run_one(self, trial: optuna.Trial) -> FrozenTrial:
         storage = self.study._storage

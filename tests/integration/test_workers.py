@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -40,14 +41,15 @@ fixed: {{batch_size: {batch}}}
 pruner: {{name: none}}
 sampler: {{name: random, seed: 1}}
 trials: {trials}
-heartbeat: {{interval: 1, grace: 4, max_retries: 2}}
+heartbeat: {{interval: 1, grace: {grace}, max_retries: 2}}
 """
+GRACE = 4
 HPO = [sys.executable, "-m", "hpo"]
 
 
 def write_spec(root: Path, name: str, trials: int, epochs: int = 2, batch: int | str = 32) -> Path:
     path = root / f"{name}.yaml"
-    path.write_text(SPEC.format(name=name, trials=trials, epochs=epochs, batch=batch))
+    path.write_text(SPEC.format(name=name, trials=trials, epochs=epochs, batch=batch, grace=GRACE))
     return path
 
 
@@ -263,6 +265,7 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_met(
     ]  # fmt: skip
     victim = procs[0]
     killed_trial = None
+    killed_at = datetime.now()
     deadline = time.monotonic() + 60
     while killed_trial is None and time.monotonic() < deadline:
         try:
@@ -275,6 +278,7 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_met(
                 "mlflow_run_id"
             ):
                 victim.send_signal(signal.SIGKILL)
+                killed_at = datetime.now()  # the clock the storage's timestamps use
                 killed_trial = t
                 break
         time.sleep(0.1)
@@ -287,6 +291,19 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_met(
     states = {t.number: t.state for t in study.trials}
     assert states[killed_trial.number] == TrialState.FAIL
     assert TrialState.RUNNING not in states.values()
+    # Failed within the grace period: its last heartbeat was at most one interval (1 s) before
+    # the kill, and the surviving worker looks before each trial, so add the longest trial it
+    # ran (it does not look during one) and 3 s for what it does between trials (the parent
+    # run's summary, the champion) and its poll.
+    dead = study.trials[killed_trial.number]
+    assert dead.datetime_complete is not None
+    failed_after = (dead.datetime_complete - killed_at).total_seconds()
+    longest = max(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in study.trials
+        if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete
+    )
+    assert GRACE - 1 <= failed_after <= GRACE + longest + 3, (failed_after, longest)
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed_trial.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == killed_trial.params  # re-run with the same parameters

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import optuna
 import pytest
 
-from hpo.errors import StorageError
-from hpo.storage import DEFAULT_STORAGE, mask_url, open_storage, resolve_storage_url
+from hpo.errors import StorageError, StorageUnavailable
+from hpo.storage import (
+    DEFAULT_STORAGE,
+    _lock_key,
+    mask_url,
+    open_storage,
+    resolve_storage_url,
+    study_lock,
+)
+from tests.conftest import PG_ADMIN_DSN
+from tests.faults import FaultProxy
 
 
 def test_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,6 +39,13 @@ def test_password_is_masked() -> None:
         == "postgresql+psycopg://bob:***@db:5432/hpo"
     )
     assert mask_url("sqlite:///hpo.db") == "sqlite:///hpo.db"
+    # SQLAlchemy reads everything up to the "@" as the password, "/" included.
+    assert mask_url("postgresql://bob:a/b:c@db/hpo") == "postgresql://bob:***@db/hpo"
+    assert mask_url("http://bob:pw@mlflow:5000") == "http://bob:***@mlflow:5000"
+    assert mask_url("http://mlflow:5000/x") == "http://mlflow:5000/x"
+    assert mask_url("postgresql://db/hpo?user=bob&password=pw&x=1") == (
+        "postgresql://db/hpo?user=bob&password=***&x=1"
+    )
 
 
 def test_sqlite_and_journal_work(tmp_path: Path) -> None:
@@ -58,3 +77,93 @@ def test_postgres_storage(postgres_url: str) -> None:
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
     again = optuna.load_study(study_name="pg", storage=open_storage(postgres_url))
     assert len(again.trials) == 3
+
+
+def test_an_unreachable_database_is_an_outage_a_bad_url_is_not() -> None:
+    # Workers wait through an outage (hpo.worker._through_outage) but not through a mistake.
+    with pytest.raises(StorageUnavailable):
+        open_storage("postgresql+psycopg://bob:s3cret@127.0.0.1:1/nothing")
+    with pytest.raises(StorageError) as info:
+        open_storage("foo://bar/baz")
+    assert not isinstance(info.value, StorageUnavailable)
+
+
+def _terminate_others(url: str) -> int:
+    """``pg_terminate_backend`` every other connection to the database of ``url``."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (url.rsplit("/", 1)[1],),
+        ).fetchall()
+    return len(rows)
+
+
+def _lock_is_free(url: str, name: str) -> bool:
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as other:
+        free = other.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(name),)).fetchone()
+        other.execute("SELECT pg_advisory_unlock_all()")
+    return bool(free and free[0])
+
+
+@pytest.mark.postgres
+def test_a_study_lock_whose_connection_was_killed_releases_cleanly(postgres_url: str) -> None:
+    with study_lock(postgres_url, "s"):
+        assert not _lock_is_free(postgres_url, "s")
+        assert _terminate_others(postgres_url) >= 1  # the lock's connection, among others
+    # The unlock failed on the dead connection: no error (the work under the lock is done), and
+    # neither the lock nor a broken connection is left behind.
+    assert _lock_is_free(postgres_url, "s")
+    with study_lock(postgres_url, "s"):
+        assert not _lock_is_free(postgres_url, "s")
+    assert _lock_is_free(postgres_url, "s")
+
+
+@pytest.mark.postgres
+def test_a_failed_unlock_on_a_live_connection_closes_it(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any failed unlock: the connection is closed for good, which releases the lock, rather than
+    # going back to the pool still holding it (every other worker would wait forever).
+    import hpo.storage
+
+    real = hpo.storage._postgres_unlock
+
+    def failing(connection: Any, key: int) -> None:
+        def execute(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("unlock failed")
+
+        monkeypatch.setattr(connection, "execute", execute)
+        real(connection, key)
+
+    monkeypatch.setattr(hpo.storage, "_postgres_unlock", failing)
+    with study_lock(postgres_url, "s"):
+        pass
+    assert _lock_is_free(postgres_url, "s")
+
+
+@pytest.mark.postgres
+def test_a_worker_claims_through_a_postgres_outage(postgres_url: str) -> None:
+    # The study lock is the first thing a claim touches: a refused connection there is waited
+    # for like any other outage, not a dead worker.
+    from hpo.worker import _through_outage
+
+    server = urlsplit(PG_ADMIN_DSN)
+    with FaultProxy(server.hostname or "127.0.0.1", server.port or 5432) as proxy:
+        url = proxy.via(postgres_url)
+        proxy.cut()
+        threading.Timer(2.0, proxy.restore).start()
+        start = time.monotonic()
+
+        def claim() -> str:
+            with study_lock(url, "s"):
+                return "claimed"
+
+        assert _through_outage("asking for a trial", claim, limit=30) == "claimed"
+        assert time.monotonic() - start >= 1.5
+    assert _lock_is_free(postgres_url, "s")

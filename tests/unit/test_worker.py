@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
+from hpo import worker
+from hpo.errors import StorageError, StorageUnavailable
 from hpo.spec import HeartbeatSpec
 from hpo.storage import open_storage
 from hpo.worker import (
     RECOVERED_FROM_ATTR,
     StaleTrialHandler,
     TrialLoop,
+    adopt_unbeaten_trials,
     budget_usage,
 )
 
@@ -136,3 +141,94 @@ def test_a_worker_waits_for_running_trials_then_retries_a_dead_one(tmp_path: Pat
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert study.trials[1].params == dead.params
     assert budget_usage(study) == (1, 0)
+
+
+# -- a claim that fails half-way ---------------------------------------------------------------
+def test_a_claimed_trial_has_a_heartbeat_before_it_runs(tmp_path: Path) -> None:
+    # A worker that dies right after its claim, before its heartbeat thread starts: the trial
+    # must still become stale after the grace period, be failed and be run again.
+    study, url = new_study(tmp_path)
+    dead_loop = TrialLoop(study, FakeObjective(), url, budget=1, heartbeat_interval=1)
+    claimed, _ = dead_loop._claim()
+    assert claimed is not None
+    assert study._storage._get_stale_trial_ids(study._study_id) == []  # beating, not stale yet
+    start = time.monotonic()
+    loop = TrialLoop(study, FakeObjective(), url, budget=1, heartbeat_interval=1, timeout=30)
+    loop.run()  # budget full (1 running): waits for the grace period, then re-runs it
+    assert time.monotonic() - start < 15  # the grace is 2 s; without a heartbeat: never
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert budget_usage(study) == (1, 0)
+
+
+def test_a_trial_left_without_a_heartbeat_is_adopted_then_retried(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What a claim that failed between `ask` and the first heartbeat leaves (killed there, or
+    # the connection lost after `ask` committed): RUNNING, no heartbeat row, no worker.
+    study, url = new_study(tmp_path)
+    study.ask()
+    assert adopt_unbeaten_trials(study) == [0]  # gets a heartbeat: the grace period now applies
+    assert adopt_unbeaten_trials(study) == []
+    assert "trial 0 is RUNNING without a heartbeat" in capsys.readouterr().err
+    study.ask()  # another one, left for the loop's own claim to find
+    loop = TrialLoop(study, FakeObjective(), url, budget=2, heartbeat_interval=1, timeout=30)
+    loop.run()
+    states = [t.state for t in study.trials]
+    assert states[:2] == [TrialState.FAIL, TrialState.FAIL]
+    assert states[2:] == [TrialState.COMPLETE, TrialState.COMPLETE]  # the two retries
+    assert budget_usage(study) == (2, 0)
+
+
+def test_a_failed_first_heartbeat_is_retried_not_a_second_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study, url = new_study(tmp_path)
+    storage = study._storage
+    real = storage.record_heartbeat
+    failures = iter([True, True, False])
+
+    def flaky(trial_id: int) -> None:
+        if next(failures):
+            raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("connection lost"))
+        real(trial_id)
+
+    monkeypatch.setattr(storage, "record_heartbeat", flaky)
+    monkeypatch.setattr(worker, "time", _FastTime())  # no real back-off sleeps
+    trial, _ = TrialLoop(study, FakeObjective(), url, budget=1, heartbeat_interval=1)._claim()
+    assert trial is not None and trial.number == 0
+    assert len(study.trials) == 1  # the heartbeat was retried, not the whole claim
+    assert storage._backend._get_stale_trial_ids(study._study_id) == []
+
+
+class _FastTime:
+    """``time`` for hpo.worker whose sleep returns at once."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        return None
+
+
+# -- storage outages ---------------------------------------------------------------------------
+def test_an_unreachable_database_is_waited_for_a_bad_url_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "time", _FastTime())
+    calls = iter([StorageUnavailable("storage: cannot connect"), StorageUnavailable("again")])
+
+    def claim() -> str:
+        for exc in calls:
+            raise exc
+        return "claimed"
+
+    assert worker._through_outage("claiming", claim) == "claimed"
+    with pytest.raises(StorageError, match="invalid URL"):
+        worker._through_outage("claiming", _raise(StorageError("storage: invalid URL 'x'")))
+
+
+def _raise(exc: Exception) -> Any:
+    def fn() -> None:
+        raise exc
+
+    return fn
