@@ -24,6 +24,7 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 REMOTE_OVERRIDE = ROOT / "docker" / "compose.remote-workers.yml"
+WORKER_HOST_OVERRIDE = ROOT / "docker" / "compose.worker-host.yml"
 CHECK_SECRETS = ROOT / "docker" / "check-secrets.sh"
 ENV_EXAMPLE = ROOT / ".env.example"
 
@@ -112,6 +113,29 @@ def test_remote_workers_override_publishes_postgres_on_loopback_only(tmp_path: P
     assert [(p["host_ip"], p["published"], p["target"]) for p in ports] == [
         ("127.0.0.1", "5432", 5432)
     ]
+
+
+def test_worker_host_override_runs_workers_against_the_team_server(tmp_path: Path) -> None:
+    # On another host, docker-compose.yml alone would start a separate stack (its workers use
+    # `postgres:5432` and `http://mlflow:5000` and depend on them): the override points them at
+    # the team server through the SSH tunnel's ends on loopback, and starts nothing else.
+    result = _config(tmp_path, STRONG, COMPOSE, WORKER_HOST_OVERRIDE)
+    assert result.returncode == 0, result.stderr
+    worker = json.loads(result.stdout)["services"]["worker"]
+    assert not worker.get("depends_on")
+    assert worker["network_mode"] == "host"
+    assert "ports" not in worker
+    env = worker["environment"]
+    password = STRONG["POSTGRES_PASSWORD"]
+    assert env["HPO_STORAGE"] == f"postgresql+psycopg://hpo:{password}@127.0.0.1:5432/hpo"
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == STRONG["MLFLOW_ADMIN_PASSWORD"]
+
+    elsewhere = {**STRONG, "TEAM_POSTGRES": "10.0.0.5:6432", "TEAM_MLFLOW_URL": "http://t:5000"}
+    result = _config(tmp_path, elsewhere, COMPOSE, WORKER_HOST_OVERRIDE)
+    env = json.loads(result.stdout)["services"]["worker"]["environment"]
+    assert env["HPO_STORAGE"].endswith(f":{password}@10.0.0.5:6432/hpo")
+    assert env["MLFLOW_TRACKING_URI"] == "http://t:5000"
 
 
 # --- Static rules --------------------------------------------------------------------------------
