@@ -7,6 +7,7 @@ stderr with exit code 2 (``--debug`` shows the traceback instead).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -330,6 +331,57 @@ def worker(
         )
     elif result.stopped_reason and result.ran:
         click.echo(f"worker {os.getpid()}: {result.stopped_reason}", err=True)
+
+
+@main.command("sync")
+@click.argument("name")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--tracking-uri", help=TRACKING_HELP)
+def sync(name: str, storage: str | None, tracking_uri: str | None) -> None:
+    """Send the runs of study NAME's trials that wait in this machine's spool.
+
+    A trial's run is written to the spool ($HPO_SPOOL_DIR, else ./.hpo-spool) before it is sent
+    to the tracking store; runs that could not be sent (the store was away longer than a worker
+    waited, or the worker was stopped) wait there. Workers send them when they start; this sends
+    them now, then registers the study's best model.
+    """
+    from hpo.errors import TrackingError
+    from hpo.storage import mask_url
+    from hpo.study import load_study, promote_champion, stored_spec
+    from hpo.tracking.finisher import sync_spool
+    from hpo.tracking.runs import StudyTracker
+    from hpo.tracking.spool import list_jobs, study_spool
+
+    jobs = list_jobs(name)
+    if not jobs:
+        click.echo(f"nothing to send: no runs of study '{name}' wait in {study_spool(name)}")
+        return
+    st = None
+    try:
+        st = load_study(name, _storage(storage))
+    except HpoError as exc:
+        click.echo(f"note: {exc}; sending the runs without the study", err=True)
+    tracker = (_parent_tracker(st, tracking_uri) if st is not None else None) or StudyTracker(
+        _tracking_uri(tracking_uri, None), name
+    )
+    sent = sync_spool(name, tracker)
+    ok = [s for s in sent if s.ok]
+    click.echo(
+        f"sent {len(ok)} of {len(jobs)} trial runs of study '{name}' to "
+        f"{mask_url(tracker.tracking_uri)}"
+    )
+    if st is not None and ok:
+        with contextlib.suppress(TrackingError):
+            champion = promote_champion(st, stored_spec(st), tracker)
+            if champion is not None:
+                click.echo(f"trial {champion.trial} is the champion: models:/{name}@champion")
+    failed = [s for s in sent if not s.ok]
+    if failed or len(sent) < len(jobs):
+        first = failed[0] if failed else None
+        why = f" (trial {first.trial}: {first.error})" if first and first.error else ""
+        raise HpoError(
+            f"{len(jobs) - len(ok)} trial runs were not sent{why}; they stay in {study_spool(name)}"
+        )
 
 
 def _storage(storage: str | None) -> str:

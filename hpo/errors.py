@@ -38,5 +38,10 @@ class TrackingError(HpoError):
     """The MLflow tracking store is unreachable or refuses a request."""
 
 
+class NotStarted(TrackingError):
+    """A trial could not start because its MLflow run could not be created (the tracking store
+    stayed away): nothing was trained, and the worker queues the trial again and stops."""
+
+
 class DeviceError(HpoError):
     """A requested compute device is not available."""

@@ -393,7 +393,7 @@ def run_study(
     """
     from hpo.objective import Objective
     from hpo.training.threads import configure_threads
-    from hpo.worker import TrialLoop, budget_usage
+    from hpo.worker import budget_usage
 
     # 1. everything the user can get wrong, before anything is created
     data = prepare_data(spec, source)
@@ -417,33 +417,27 @@ def run_study(
         _end_parent(study, spec, tracker)
         return result
 
-    failures = _FailureGuard()
     if on_start is not None:
         on_start(study, max(todo, 0))
-    finisher = _start_finisher(tracker)
-    sent = _SentRuns(study, spec, tracker)
-    loop = TrialLoop(
-        study,
+    runner = TrialRunner.open(
+        spec,
+        session,
         Objective(spec, data, device, tracker),
         storage_url,
         budget=None if n_trials is not None else spec.trials,
         n_trials=n_trials,
         timeout=timeout if timeout is not None else spec.timeout,
-        heartbeat_interval=session.heartbeat.interval if session.heartbeat else None,
-        callbacks=[*callbacks, failures, _ParentSummary(tracker, spec), sent],
-        should_stop=lambda: failures.reason is not None,
-        on_recovered=lambda old, new, attrs: _mark_recovered(tracker, old, new, attrs),
+        callbacks=callbacks,
     )
     try:
-        loop.run()
+        runner.run()
     finally:
-        result.ran = loop.ran
+        result.ran = runner.loop.ran
         try:
-            # The last trials' runs are still being sent: the study's end needs them.
-            sent.handle(finisher.drain())
+            runner.close()
         finally:
-            tracker.finisher = None
             _end_parent(study, spec, tracker)
+    failures = runner.failures
     result.stopped_reason = failures.reason
     # 4. once per study, whichever process gets here first (the others reuse its numbers)
     with study_lock(storage_url, spec.name):
@@ -453,6 +447,67 @@ def run_study(
             result.comparison = log_family_comparison(study, tracker)
         summarize_study(study, spec, data, tracker, result)
     return result
+
+
+@dataclass
+class TrialRunner:
+    """This process's trials of an open study: the trial loop (:class:`hpo.worker.TrialLoop`)
+    with the per-trial callbacks every worker has, and the background sender of the trials'
+    runs (:mod:`hpo.tracking.finisher`). ``run_study`` uses it, and so do the benchmarks."""
+
+    loop: Any
+    failures: _FailureGuard
+    sent: _SentRuns
+    finisher: Any
+
+    @classmethod
+    def open(
+        cls,
+        spec: StudySpec,
+        session: Session,
+        objective: Any,
+        storage_url: str,
+        *,
+        budget: int | None,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+        callbacks: Sequence[TrialCallback] = (),
+    ) -> TrialRunner:
+        """Start the sender (its imports overlap with the first trial) and build the loop."""
+        from hpo.worker import TrialLoop
+
+        study, tracker = session.study, session.tracker
+        failures = _FailureGuard()
+        finisher = _start_finisher(tracker)
+        sent = _SentRuns(study, spec, tracker)
+        loop = TrialLoop(
+            study,
+            objective,
+            storage_url,
+            budget=budget,
+            n_trials=n_trials,
+            timeout=timeout,
+            heartbeat_interval=session.heartbeat.interval if session.heartbeat else None,
+            callbacks=[*callbacks, failures, _ParentSummary(tracker, spec), sent],
+            should_stop=lambda: failures.reason is not None,
+            on_recovered=lambda old, new, attrs: _mark_recovered(tracker, old, new, attrs),
+        )
+        return cls(loop, failures, sent, finisher)
+
+    def run(self) -> int:
+        """Run trials until the budget, ``n_trials`` or the time is up; return how many."""
+        return int(self.loop.run())
+
+    def wait(self) -> None:
+        """Wait until the runs of the trials run so far are sent (the sender stays)."""
+        self.sent.handle(self.finisher.wait())
+
+    def close(self) -> None:
+        """Wait for the last runs (the study's end needs them) and stop the sender."""
+        try:
+            self.sent.handle(self.finisher.drain())
+        finally:
+            self.finisher.tracker.finisher = None
 
 
 #: Study attribute: the number of finished trials the logged report describes.
@@ -597,7 +652,17 @@ def run_local_workers(
 
 def _end_parent(study: optuna.Study, spec: StudySpec, tracker: Any) -> None:
     # The parent run stays RUNNING while the budget is not met (another run resumes it).
-    tracker.end_parent_run("FINISHED" if finished_count(study) >= spec.trials else "RUNNING")
+    from hpo.tracking.outage import single_attempt
+
+    try:
+        with single_attempt():
+            tracker.end_parent_run(
+                "FINISHED" if finished_count(study) >= spec.trials else "RUNNING"
+            )
+    except TrackingError as exc:
+        # The store is away (the error that stops this worker says so): the next start of the
+        # study reopens and ends the parent run.
+        tracker._warn(f"could not end the study's parent run: {exc}")
 
 
 def _mark_recovered(
@@ -692,10 +757,16 @@ class _ParentSummary:
         front_metrics, front_tags = (
             _pareto_summary(study) if self.spec.multi_objective else ({}, {})
         )
+        from hpo.tracking.outage import single_attempt
+
         try:
-            self.tracker.log_parent(
-                metrics={**metrics, **front_metrics}, tags={**tags, **front_tags}, step=trial.number
-            )
+            # One attempt, not MLflow's minutes of retries: the next trial's summary catches up.
+            with single_attempt():
+                self.tracker.log_parent(
+                    metrics={**metrics, **front_metrics},
+                    tags={**tags, **front_tags},
+                    step=trial.number,
+                )
         except TrackingError as exc:
             # A summary is not worth a trial: the next trial's (or the study's end) catches up.
             if not self._warned:
@@ -738,9 +809,13 @@ class _SentRuns:
         numbers = {s.trial for s in sent if s.ok and s.state == "COMPLETE"}
         if not numbers:
             return
+        from hpo.tracking.outage import single_attempt
+
         best = best_trials(self.study)
         if best and best[0].number in numbers:
-            promote_champion(self.study, self.spec, self.tracker, best[0])
+            # One attempt: a registry that is away is tried again at the study's end.
+            with single_attempt():
+                promote_champion(self.study, self.spec, self.tracker, best[0])
 
 
 #: Longest ``hpo.pareto_trials`` tag kept (MLflow refuses tag values of more than 8,000 chars).

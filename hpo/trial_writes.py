@@ -14,8 +14,9 @@ that shows its curve live:
   finished trial has all its values and attributes, as Optuna's pruners of other trials and
   ``Study.tell`` (a pruned trial's value is its last report) expect.
 
-Writing several rows in one transaction uses the RDB storage's ``*_without_commit`` helpers
-(Optuna 5.0, which ``pyproject.toml`` pins); other storages get one call per row.
+Writing several rows in one transaction uses the RDB storage's models and its
+``_set_trial_attr_without_commit`` (Optuna 5.0, which ``pyproject.toml`` pins); other storages get
+one call per row.
 """
 
 from __future__ import annotations
@@ -48,26 +49,59 @@ def write_trial(
 ) -> None:
     """Write ``intermediate_values`` and ``user_attrs`` of a running trial, in one transaction
     on an RDB storage. Raises what the storage raises (``UpdateFinishedTrialError`` for a trial
-    that ended, ``StorageInternalError`` for a database that is away); nothing is written then.
+    that ended, even with nothing to write; ``StorageInternalError`` for a database that is
+    away); nothing is written then.
     """
     attrs = dict(user_attrs or {})
     values = dict(intermediate_values or {})
-    if not attrs and not values:
-        return
     backend = getattr(storage, "_backend", storage)
     if isinstance(backend, optuna.storages.RDBStorage):
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(backend.scoped_session, True) as session:
-            for step, value in sorted(values.items()):
-                backend._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
-            for key, attr in attrs.items():
-                backend._set_trial_attr_without_commit(
-                    session, models.TrialUserAttributeModel, trial_id, key, attr
-                )
+        _write_rdb(backend, trial_id, attrs, values)
         return
     for step, value in sorted(values.items()):
         storage.set_trial_intermediate_value(trial_id, step, value)
     for key, attr in attrs.items():
         storage.set_trial_user_attr(trial_id, key, attr)
+
+
+def _write_rdb(
+    backend: optuna.storages.RDBStorage,
+    trial_id: int,
+    attrs: Mapping[str, Any],
+    values: Mapping[int, float],
+) -> None:
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    value_model = models.TrialIntermediateValueModel
+    with _create_scoped_session(backend.scoped_session, True) as session:
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        backend.check_trial_is_updatable(trial_id, trial.state)  # type: ignore[arg-type]
+        if values:
+            # One query for the steps already stored (a step reported again replaces its value,
+            # as Optuna's own write does), then the new rows.
+            stored: dict[int, Any] = {
+                int(row.step): row
+                for row in session.query(value_model).filter(
+                    value_model.trial_id == trial_id, value_model.step.in_(list(values))
+                )
+            }
+            for step, value in sorted(values.items()):
+                representation, kind = value_model.intermediate_value_to_stored_repr(value)
+                row = stored.get(step)
+                if row is None:
+                    session.add(
+                        value_model(
+                            trial_id=trial_id,
+                            step=step,
+                            intermediate_value=representation,
+                            intermediate_value_type=kind,
+                        )
+                    )
+                else:
+                    row.intermediate_value = representation
+                    row.intermediate_value_type = kind
+        for key, attr in attrs.items():
+            backend._set_trial_attr_without_commit(
+                session, models.TrialUserAttributeModel, trial_id, key, attr
+            )

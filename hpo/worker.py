@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import StorageError, StorageUnavailable
+from hpo.errors import NotStarted, StorageError, StorageUnavailable
 from hpo.storage import study_lock
+from hpo.trial_writes import write_trial
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -126,21 +127,30 @@ class StaleTrialHandler:
                 )
             except Exception as exc:  # the retry matters more than the run's status
                 _warn(f"could not close the run {run_id} of stale trial {trial.number}: {exc}")
-        history = [*trial.system_attrs.get(RETRY_HISTORY_ATTR, ()), trial.number]
-        if len(history) > self.max_retries:
-            return
-        study.add_trial(
-            optuna.trial.create_trial(
-                state=TrialState.WAITING,
-                params=trial.params,
-                distributions=trial.distributions,
-                system_attrs={
-                    **trial.system_attrs,
-                    FAILED_TRIAL_ATTR: trial.system_attrs.get(FAILED_TRIAL_ATTR, trial.number),
-                    RETRY_HISTORY_ATTR: history,
-                },
-            )
+        requeue(study, trial, self.max_retries)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, max_retries: int | None) -> bool:
+    """Queue a failed trial again with the same parameters, as Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` does (same system attributes): the retry then counts
+    against the budget instead of the failed trial. False when it was retried ``max_retries``
+    times already (None: no limit)."""
+    history = [*trial.system_attrs.get(RETRY_HISTORY_ATTR, ()), trial.number]
+    if max_retries is not None and len(history) > max_retries:
+        return False
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            system_attrs={
+                **trial.system_attrs,
+                FAILED_TRIAL_ATTR: trial.system_attrs.get(FAILED_TRIAL_ATTR, trial.number),
+                RETRY_HISTORY_ATTR: history,
+            },
         )
+    )
+    return True
 
 
 def adopt_unbeaten_trials(study: optuna.Study) -> list[int]:
@@ -288,13 +298,18 @@ def recover_result(
     state: TrialState,
     values: Sequence[float] | None,
     attrs: dict[str, Any],
+    intermediate_values: Mapping[int, float] | None = None,
 ) -> FrozenTrial:
     """File the result of a live trial that another worker failed as stale; return its trial.
 
     The result goes to the trial's queued retry if no worker has started it yet (so the budget
     stays exact), else to a new trial with the same parameters (the retry then runs as well: one
-    trial more than the budget, the price of not losing a result).
+    trial more than the budget, the price of not losing a result). ``intermediate_values``: the
+    trial's reported values (default: those the storage has of ``failed``).
     """
+    reported = dict(
+        failed.intermediate_values if intermediate_values is None else intermediate_values
+    )
     storage = study._storage
     values = list(values) if state == TrialState.COMPLETE and values is not None else None
     with study_lock(storage_url, study.study_name):
@@ -309,7 +324,7 @@ def recover_result(
                 for key, value in attrs.items():
                     storage.set_trial_user_attr(t._trial_id, key, value)
                 storage.set_trial_system_attr(t._trial_id, RECOVERED_FROM_ATTR, failed.number)
-                for step, value in failed.intermediate_values.items():
+                for step, value in reported.items():
                     storage.set_trial_intermediate_value(t._trial_id, step, value)
                 storage.set_trial_state_values(t._trial_id, state, values)
                 return storage.get_trial(t._trial_id)
@@ -321,7 +336,7 @@ def recover_result(
                 distributions=failed.distributions,
                 user_attrs=attrs,
                 system_attrs={RECOVERED_FROM_ATTR: failed.number},
-                intermediate_values=failed.intermediate_values,
+                intermediate_values=reported,
             )
         )
         mine = [
@@ -380,6 +395,9 @@ class TrialLoop:
                     break
                 if self.heartbeat_interval is not None:
                     _through_outage("failing stale trials", self._fail_stale)
+                ready = getattr(self.objective, "ready", None)
+                if ready is not None:
+                    ready()  # e.g. the tracking store, if it was seen away, answers again
                 trial, running = _through_outage("asking for a trial", self._claim)
                 if trial is None:
                     if running and self.heartbeat_interval is not None:
@@ -443,6 +461,12 @@ class TrialLoop:
                 state = TrialState.COMPLETE
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
+            except NotStarted:
+                # Nothing was trained (its run could not be created): the trial is queued again
+                # for whichever worker runs next, and this one stops with the reason.
+                frozen = self._finish(trial, TrialState.FAIL, None)
+                requeue(self.study, frozen, max_retries=None)
+                raise
             except Exception as exc:
                 # The objective recorded the error on the trial and its run; the study goes on
                 # (a streak of failures is stopped by the caller's guard).
@@ -460,23 +484,36 @@ class TrialLoop:
         listed = None if values is None else ([values] if isinstance(values, float) else values)
 
         def tell() -> FrozenTrial:
-            for key in sorted(self.objective.unsaved):
+            # What the objective collected, in one transaction (hpo.trial_writes), which also
+            # tells whether the trial still runs: another worker may have failed it as stale.
+            reports = getattr(self.objective, "unsaved_reports", {})
+            try:
+                write_trial(
+                    storage,
+                    trial._trial_id,
+                    user_attrs={k: self.objective.attrs[k] for k in sorted(self.objective.unsaved)},
+                    intermediate_values=reports,
+                )
+                self.objective.unsaved.clear()
+                reports.clear()
+                if state == TrialState.COMPLETE:
+                    return self.study.tell(trial, listed)
+                return self.study.tell(trial, state=state)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+                # Finished meanwhile (tell refuses a finished trial with a ValueError).
                 current = storage.get_trial(trial._trial_id)
-                if current.state.is_finished():
-                    break
-                storage.set_trial_user_attr(trial._trial_id, key, self.objective.attrs[key])
-            self.objective.unsaved.clear()
-            current = storage.get_trial(trial._trial_id)
-            if not current.state.is_finished():
-                try:
-                    if state == TrialState.COMPLETE:
-                        return self.study.tell(trial, listed)
-                    return self.study.tell(trial, state=state)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    current = storage.get_trial(trial._trial_id)  # failed as stale meanwhile
+                if not current.state.is_finished():
+                    raise
             if current.state == TrialState.FAIL and state != TrialState.FAIL:
                 new = recover_result(
-                    self.study, self.storage_url, current, state, listed, dict(self.objective.attrs)
+                    self.study,
+                    self.storage_url,
+                    current,
+                    state,
+                    listed,
+                    dict(self.objective.attrs),
+                    # All of them: some were only on the trial object (hpo.trial_writes).
+                    intermediate_values=trial._cached_frozen_trial.intermediate_values,
                 )
                 _warn(
                     f"trial {current.number} was failed as stale while it ran; its result is "

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 OUTAGE_SECONDS = 300.0
 #: Environment variable that overrides :data:`OUTAGE_SECONDS` (tests, impatient users).
 OUTAGE_ENV = "HPO_TRACKING_OUTAGE_SECONDS"
+#: A store that fails for less than this (a 503 or a dropped connection now and then) is
+#: retried without a word; a longer outage is said once.
+QUIET_SECONDS = 3.0
 #: How a job that waits for the store says so (:attr:`Sent.error`).
 UNREACHABLE = "tracking store unreachable"
 #: ``HPO_FINISHER=inline`` sends jobs in the trial's own thread (no background process).
@@ -215,27 +218,56 @@ class _Sender:
         m = self.job.model
         if m is None:
             return
-        if m.model_id and unsure and self._model_ready(m.model_id):
+        if m.model_id is None:
+            # The store was away when the trial ended: create the LoggedModel now, once (its id
+            # is kept with the job, so a retry of this step uses it too).
+            m.model_id = self.progress.get("model_id") or self._call(self._create_model)
+            self.progress["model_id"] = m.model_id
+            spool.write_progress(self.path, self.progress)
+        model_id = m.model_id
+        if unsure and self._model_ready(model_id):
             return
         module = self._rebuilt()
+        attempts = 0
 
         def log() -> str:
+            nonlocal attempts
+            attempts += 1
+            # MLflow links the model to the run first; a repeat of that link is refused, so an
+            # attempt after one that may have got that far links only if the run lacks it.
+            link = not (unsure or attempts > 1) or not self._linked(model_id)
             return self.run_.log_model(
                 module,
                 m.example,
                 m.metadata,
-                model_id=m.model_id,
+                model_id=model_id,
                 params=m.params,
                 tags=m.tags,
                 step=m.step,
+                link=link,
             )
 
         def check() -> str | None:
-            if m.model_id and self._model_ready(m.model_id):
-                return f"models:/{m.model_id}"
-            return None
+            return f"models:/{model_id}" if self._model_ready(model_id) else None
 
         self._call(log, check)
+
+    def _create_model(self) -> str:
+        m = self.job.model
+        assert m is not None
+        with self.run_.store_errors("creating the model"):
+            logged = self.tracker.client.create_logged_model(
+                experiment_id=self.tracker.experiment_id,
+                name="model",
+                source_run_id=self.job.run_id,
+                params=m.params,
+                tags=m.tags,
+            )
+        return str(logged.model_id)
+
+    def _linked(self, model_id: str) -> bool:
+        outputs = self.tracker.client.get_run(self.job.run_id).outputs
+        return any(o.model_id == model_id for o in (outputs.model_outputs if outputs else []))
 
     def _model_ready(self, model_id: str) -> bool:
         from mlflow.entities import LoggedModelStatus
@@ -428,6 +460,23 @@ class Finisher:
         """Jobs submitted to the background process and not reported back yet."""
         return len(self._pending)
 
+    def wait(self, timeout: float | None = None) -> list[Sent]:
+        """Wait (at most ``timeout`` seconds) until every submitted job was reported back,
+        keeping the background process; return what was sent meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = self.poll()
+        while self._pending and self._proc is not None and self._proc.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            try:
+                message = self._results.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if message is not None:
+                self._handle(message)
+            done += self.poll()
+        return done
+
     def drain(self) -> list[Sent]:
         """Wait until every submitted job was sent (or given up on); stop the process.
 
@@ -520,11 +569,11 @@ class _OutageClock:
         def on_wait(exc: BaseException, waited: float) -> None:
             if self.since is None:
                 self.since = time.monotonic() - waited
-            if not self._warned:
+            if not self._warned and waited >= QUIET_SECONDS:
                 self._warned = True
                 warn(
-                    f"tracking store unreachable ({_first_line(exc)}); retrying for up to "
-                    f"{self.remaining():.0f} s, the trial runs wait in the spool meanwhile"
+                    f"the tracking store does not answer ({_first_line(exc)}); retrying for up "
+                    f"to {self.remaining():.0f} s, the trial runs wait in the spool meanwhile"
                 )
 
         return on_wait

@@ -99,6 +99,7 @@ def log_pytorch_model(
     step: int = 0,
     metadata: Mapping[str, Any] | None = None,
     model_id: str | None = None,
+    link: bool = True,
 ) -> str:
     """Log ``model`` (on the CPU) as a ``pt2`` LoggedModel of ``run_id``; return ``models:/m-…``.
 
@@ -109,7 +110,9 @@ def log_pytorch_model(
     train/eval mode is restored afterwards. ``step`` links the run's metrics at that step to the
     model, so the model page shows them. ``metadata`` (JSON-able) is stored in the model's
     ``MLmodel`` file: hpo keeps the preprocessing and classes there (:mod:`hpo.serving`).
-    ``model_id``: a LoggedModel created for it already (else one is created here).
+    ``model_id``: a LoggedModel created for it already (else one is created here). ``link``:
+    record the model as the run's output (MLflow refuses that link a second time; the model's
+    own ``source_run_id`` names the run either way).
     """
     import mlflow.pytorch
     from mlflow.models import infer_signature
@@ -140,7 +143,7 @@ def log_pytorch_model(
                 model,
                 name=name,
                 model_id=model_id,
-                run_id=run_id,
+                run_id=run_id if link else None,
                 step=step,
                 input_example=example,
                 signature=signature,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -115,6 +116,31 @@ def _http_status(exc: BaseException) -> int | None:
         if digits.isdigit():
             return int(digits)
     return None
+
+
+_GISTS = (
+    (re.compile(r"too many (\d{3}) error responses"), "HTTP {0}"),
+    (re.compile(r"failed with error code (\d{3})"), "HTTP {0}"),
+    (re.compile(r"Connection refused"), "connection refused"),
+    (re.compile(r"Read timed out|timeout exception"), "timed out"),
+    (re.compile(r"RemoteDisconnected|Connection aborted|Connection reset"), "connection dropped"),
+    (re.compile(r"Name or service not known|nodename nor servname"), "unknown host"),
+)
+
+
+def gist(message: str, limit: int = 300) -> str:
+    """A short reason for an MLflow HTTP failure (``API request to URL failed with exception
+    HTTPConnectionPool(…): Max retries exceeded … Connection refused`` → ``API request to URL:
+    connection refused``); other messages cut at ``limit`` characters."""
+    if message.startswith("API request to"):
+        for pattern, reason in _GISTS:
+            found = pattern.search(message)
+            if found:
+                url = message.split()[3] if message.split()[2:3] == ["to"] else ""
+                if url == "endpoint":
+                    url = message.split()[4]
+                return f"API request to {url}: {reason.format(*found.groups())}"
+    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 @contextlib.contextmanager

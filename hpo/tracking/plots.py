@@ -80,7 +80,7 @@ def confusion_matrix_figure(
             label.set_rotation_mode("anchor")
     ax.set_xlabel("predicted class", fontsize=9)
     ax.set_ylabel("true class", fontsize=9)
-    ax.set_title(f"Confusion matrix (validation, accuracy {accuracy:.3f})", fontsize=10)
+    ax.set_title(f"Confusion matrix (validation, accuracy {accuracy:.3f})", fontsize=10, y=1.0)
 
     # Counts are unreadable past ~25 classes; the colours still tell the story.
     if n <= 25:
@@ -181,7 +181,7 @@ def roc_figure(
     ax.set_xlabel("false positive rate", fontsize=9)
     ax.set_ylabel("true positive rate", fontsize=9)
     ax.tick_params(labelsize=8)
-    ax.set_title("ROC curves (validation)", fontsize=10)
+    ax.set_title("ROC curves (validation)", fontsize=10, y=1.0)
     # The lower right is where ROC curves are not; 10+ entries need a small font and 2 columns.
     entries = len(ax.get_legend_handles_labels()[1])
     ax.legend(
@@ -222,7 +222,7 @@ def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
                 color=color,
                 label="train" if split == "train" else "validation",
             )
-        ax.set_title(what, fontsize=10)
+        ax.set_title(what, fontsize=10, y=1.0)
         ax.set_xlabel("epoch", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
@@ -348,7 +348,7 @@ def decision_boundary_figure(
     ax.set_xlabel(names[0] if names else "feature 1", fontsize=9)
     ax.set_ylabel(names[1] if names else "feature 2", fontsize=9)
     ax.tick_params(labelsize=8)
-    ax.set_title("Decision boundary (scaled features)", fontsize=10)
+    ax.set_title("Decision boundary (scaled features)", fontsize=10, y=1.0)
     ax.legend(
         loc="best",
         fontsize=6 if n > 3 else 7,
@@ -397,7 +397,7 @@ def prediction_distribution_figure(
     ax.set_ylabel("share of validation predictions", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("Predicted classes by epoch (validation)", fontsize=10)
+    ax.set_title("Predicted classes by epoch (validation)", fontsize=10, y=1.0)
 
     if y_true is not None:
         truth = np.asarray(y_true, dtype=np.int64).ravel()

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from hpo.errors import HpoError, TrackingError
+from hpo.errors import HpoError, NotStarted, TrackingError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -183,8 +183,12 @@ def _mask(uri: str) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The gist of an error, on one line: MLflow's HTTP client wraps a refused connection in
+    several hundred characters of urllib3 detail."""
+    from hpo.tracking.outage import gist
+
     text = str(getattr(exc, "message", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return gist(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def _probe_http(uri: str) -> None:
@@ -589,8 +593,11 @@ class StudyTracker:
         warned: list[bool] = []
 
         def on_wait(exc: BaseException, waited: float) -> None:
-            self.note_unreachable()
-            if not warned:
+            from hpo.tracking.finisher import QUIET_SECONDS
+
+            if waited >= QUIET_SECONDS:
+                self.note_unreachable()
+            if not warned and waited >= QUIET_SECONDS:
                 warned.append(True)
                 self._warn(
                     f"tracking store unreachable while {what} ({_first_line(exc)}); waiting up "
@@ -604,7 +611,7 @@ class StudyTracker:
                 trial = TrialRun(self, run_id, number)
                 backoff.call(lambda: trial.log_params(params), on_wait=on_wait)
         except OutageTooLong as exc:
-            raise TrackingError(
+            raise NotStarted(
                 f"tracking_uri: {_mask(self.tracking_uri)} unreachable for "
                 f"{outage_seconds():.0f} s while {what}: {_first_line(exc.__cause__ or exc)}"
             ) from None
@@ -790,8 +797,12 @@ class TrialRun:
                     tags=inputs.tags,
                 )
             inputs.model_id = logged.model_id
-        except TrackingError:
+        except TrackingError as exc:
+            from hpo.tracking.outage import classify
+
             inputs.model_id = None
+            if classify(exc).transient:
+                self.tracker.note_unreachable()  # checked before the next trial starts
         self._model = inputs
         return f"models:/{inputs.model_id}" if inputs.model_id else None
 
@@ -874,10 +885,12 @@ class TrialRun:
         params: Mapping[str, str] | None = None,
         tags: Mapping[str, str] | None = None,
         step: int | None = None,
+        link: bool = True,
     ) -> str:
         """Log the trained model (``pt2``, with signature, input example and ``metadata``); return
         its URI (``models:/m-…``), which :func:`hpo.tracking.models.load_pytorch_model` loads.
-        ``model_id``: a LoggedModel created for it already (:meth:`attach_model`)."""
+        ``model_id``: a LoggedModel created for it already (:meth:`attach_model`); ``link``:
+        record it as the run's output (False: the run has that link already)."""
         from hpo.tracking.models import log_pytorch_model
 
         self.flush()  # the model links the metrics of its step: they must be written
@@ -897,7 +910,12 @@ class TrialRun:
                 step=self._last_epoch if step is None else step,
                 metadata=metadata,
                 model_id=model_id,
+                link=link,
             )
+
+    def store_errors(self, what: str) -> Any:
+        """A block whose store failures become one-line :class:`TrackingError` s."""
+        return _tracking_errors(f"{what} of run {self.run_id}", self.tracker.tracking_uri)
 
     # -- the end ---------------------------------------------------------------------------------
     def end(self, state: TrialState, error: str | None = None) -> Sent | None:

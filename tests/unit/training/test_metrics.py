@@ -106,3 +106,25 @@ def test_objective_metric_directions() -> None:
     # Every val_* objective is a classification_metrics key.
     keys = {f"val_{k}" for k in KEYS}
     assert {m for m in OBJECTIVE_METRICS if m.startswith("val_")} <= keys
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_cases_with_ties_and_missing_predictions_match_sklearn(seed: int) -> None:
+    """NumPy's numbers are scikit-learn's: tied scores, classes never predicted, 2-7 classes."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 8))
+    n = int(rng.integers(k * 3, 200))
+    y = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])
+    proba = random_proba(n, k, seed + 100)
+    proba[:, -1] *= 0.05  # the last class is (almost) never predicted
+    proba = np.round(proba / proba.sum(axis=1, keepdims=True), 2) + 1e-3  # many ties
+    proba /= proba.sum(axis=1, keepdims=True)
+    metrics = check_against_sklearn(y, proba, k)
+    # classification_metrics renormalises in float64 first (see its docstring): so does this.
+    exact = proba / proba.sum(axis=1, keepdims=True)
+    expected = (
+        roc_auc_score(y, exact[:, 1])
+        if k == 2
+        else roc_auc_score(y, exact, multi_class="ovr", average="macro", labels=list(range(k)))
+    )
+    assert metrics["roc_auc"] == pytest.approx(expected)
