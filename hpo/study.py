@@ -428,6 +428,7 @@ def run_study(
         n_trials=n_trials,
         timeout=timeout if timeout is not None else spec.timeout,
         callbacks=callbacks,
+        local_workers=local_workers,
     )
     try:
         runner.run()
@@ -472,13 +473,17 @@ class TrialRunner:
         n_trials: int | None = None,
         timeout: float | None = None,
         callbacks: Sequence[TrialCallback] = (),
+        local_workers: int = 1,
     ) -> TrialRunner:
-        """Start the sender (its imports overlap with the first trial) and build the loop."""
+        """Start the sender (its imports overlap with the first trial) and build the loop.
+        ``local_workers``: how many trial processes share this machine (the sender runs in the
+        background when a core is left for it)."""
+        from hpo.tracking.finisher import background_default
         from hpo.worker import TrialLoop
 
         study, tracker = session.study, session.tracker
         failures = _FailureGuard()
-        finisher = _start_finisher(tracker)
+        finisher = _start_finisher(tracker, background=background_default(local_workers))
         sent = _SentRuns(study, spec, tracker)
         loop = TrialLoop(
             study,
@@ -774,14 +779,14 @@ class _ParentSummary:
                 self.tracker._warn(f"could not update the study's parent run: {exc}")
 
 
-def _start_finisher(tracker: Any) -> Any:
-    """The background sender of this process's trial runs (:mod:`hpo.tracking.finisher`),
-    started now so its imports overlap with the first trial, and given the runs of this study
-    that earlier processes on this machine left in the spool."""
+def _start_finisher(tracker: Any, *, background: bool) -> Any:
+    """The sender of this process's trial runs (:mod:`hpo.tracking.finisher`), its background
+    process started now so its imports overlap with the first trial, and given the runs of this
+    study that earlier processes on this machine left in the spool."""
     from hpo.tracking.finisher import Finisher
     from hpo.tracking.spool import list_jobs
 
-    finisher = Finisher(tracker)
+    finisher = Finisher(tracker, background=background)
     tracker.finisher = finisher
     finisher.start()
     for path in list_jobs(tracker.study_name):

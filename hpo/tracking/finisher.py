@@ -56,8 +56,22 @@ OUTAGE_ENV = "HPO_TRACKING_OUTAGE_SECONDS"
 QUIET_SECONDS = 3.0
 #: How a job that waits for the store says so (:attr:`Sent.error`).
 UNREACHABLE = "tracking store unreachable"
-#: ``HPO_FINISHER=inline`` sends jobs in the trial's own thread (no background process).
+#: ``HPO_FINISHER=inline`` sends jobs in the trial's own thread (no background process),
+#: ``background`` from a background process; unset: see :func:`background_default`.
 MODE_ENV = "HPO_FINISHER"
+
+
+def background_default(local_workers: int = 1) -> bool:
+    """Whether a worker sends its runs from a background process: ``$HPO_FINISHER``
+    (``background`` or ``inline``) if set, else when the machine has a core to spare for it
+    beyond the ``local_workers`` trial processes (each takes its share of the cores:
+    :func:`hpo.training.threads.default_threads`). Without a spare core the sender would only
+    take turns with training, and cost a process's memory."""
+    mode = os.environ.get(MODE_ENV, "").strip().lower()
+    if mode in ("background", "inline"):
+        return mode == "background"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cores or 1) > local_workers
 
 
 def outage_seconds() -> float:
@@ -335,9 +349,7 @@ class Finisher:
         warn: Callable[[str], None] | None = None,
     ) -> None:
         self.tracker = tracker
-        if background is None:
-            background = os.environ.get(MODE_ENV, "background").lower() != "inline"
-        self.background = background
+        self.background = background_default() if background is None else background
         self.outage = outage_seconds() if outage is None else outage
         self.warn = warn or _stderr
         self._proc: subprocess.Popen[bytes] | None = None

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from mlflow.entities import LoggedModelStatus
 
@@ -199,3 +200,18 @@ def test_the_spool_survives_a_missing_study_directory(tracker: StudyTracker) -> 
     assert sync_spool("demo", tracker) == []
     shutil.rmtree(spool.spool_root(), ignore_errors=True)
     assert sync_spool("demo", tracker) == []
+
+
+def test_the_sender_runs_in_the_background_when_a_core_is_spare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hpo.tracking import finisher
+
+    monkeypatch.delenv("HPO_FINISHER")
+    monkeypatch.setattr(finisher.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert finisher.background_default(1)
+    assert not finisher.background_default(2)  # two workers on two cores: none to spare
+    monkeypatch.setenv("HPO_FINISHER", "background")
+    assert finisher.background_default(2)
+    monkeypatch.setenv("HPO_FINISHER", "inline")
+    assert not finisher.background_default(1)
