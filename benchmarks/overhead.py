@@ -1,30 +1,34 @@
-"""``overhead_ratio_local`` / ``overhead_ratio_http``: what hpo adds to one trial.
+"""``overhead_ratio_local`` / ``overhead_ratio_http``: what hpo adds to a trial, as a worker runs it.
 
-For the reference trial (MLP 100 → 128 → dropout → 64 → 10, random 1,000 × 100 data, 10 classes,
-20 epochs, batch 32) three things run interleaved in one process, with 1 torch thread:
+The reference trial (MLP 100 → 128 → dropout → 64 → 10, random 1,000 × 100 data, 10 classes, 20
+epochs, batch 32), full logging (params, per-epoch metrics, final metrics, the plots, the ``pt2``
+model), 1 torch thread. Two things are compared in one process:
 
 * ``raw``: the same model trained by a minimal hand-written torch loop with per-epoch validation
   (:func:`benchmarks.loop.raw_train`): the pure training time;
-* ``local``: one call of :class:`hpo.objective.Objective` on an Optuna trial (SQLite study, median
-  pruner), with a :class:`hpo.tracking.runs.StudyTracker` on a local SQLite MLflow store: full
-  logging (params, per-epoch metrics, final metrics, 3 plots, the ``pt2`` model);
-* ``http``: the same against a real ``mlflow server`` on loopback (``--workers 1``, job runner off,
-  SQLite backend in a temporary directory), stopped by process group at the end.
+* ``hpo``: trials of a study run by :class:`hpo.study.TrialRunner` — the worker's own loop, with
+  its callbacks and its background sender of the trials' runs (:mod:`hpo.tracking.finisher`) —
+  on a local SQLite MLflow store, and against a real ``mlflow server --workers 1`` on loopback.
 
-Overhead = (objective wall time − raw training time) / raw training time, medians of the repeats.
-One warm-up trial per store runs first and is not counted: the first trial of a process pays
-once for imports (scikit-learn metrics, matplotlib, ``torch.export``) that every later trial
-reuses. ``study.tell`` is outside the objective and outside the figure (its time is kept too).
+The sender works while the next trial trains, so the cost of a trial is not the time between its
+start and its end: it is what a study of K trials takes, **including the wait at its end until
+every run is sent**, divided by K. The sides therefore run in blocks, never interleaved trial by
+trial (the sender's work would otherwise overlap a raw training and flatter hpo): a block of K raw
+trainings, then a block of K hpo trials that ends when the sender has reported all K runs sent,
+alternately. Overhead = (median per-trial time of the hpo blocks − median raw training) / median
+raw training. One warm-up trial per store runs first and is not counted (one-off imports, the
+sender's start, ``torch.export``'s first trace).
 
-The breakdown comes from timers wrapped around hpo's own functions in this process (monkeypatched
-for the benchmark only): creating the run, suggest, user attributes, training (minus the two
-per-epoch callbacks), per-epoch logging, pruning reports, evaluation, final metrics, plots
-(building the figures, rendering PNGs, uploading), the model (``torch.export`` inside
-``mlflow.pytorch.log_model``, the rest of it, creating the LoggedModel) and ending the run.
+Also kept: the trial's *critical path* (trial start to next trial start, without the final wait)
+and a breakdown of both sides of the work. The breakdown comes from timers wrapped around hpo's
+own functions (monkeypatched for the benchmark only): in this process for the critical path, and
+in a separate pass that sends the same trials' runs in this process (``HPO_FINISHER=inline``) for
+the sender's share (plots, model, the end of the run).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,6 @@ import torch
 
 from benchmarks.common import (
     Timers,
-    interleave,
     load,
     median,
     mlflow_server,
@@ -46,41 +49,32 @@ from benchmarks.loop import raw_train
 COMMAND = ".venv/bin/python -m benchmarks.run --only overhead_ratio_local"
 
 #: label → (owner path, attribute); nested labels are reported under their parent.
-PROBES: list[tuple[str, str, str]] = [
+CRITICAL_PROBES: list[tuple[str, str, str]] = [
     ("objective", "hpo.objective:Objective", "__call__"),
     ("start_run_and_params", "hpo.tracking.runs:StudyTracker", "start_trial"),
-    ("suggest", "hpo.objective", "suggest"),
-    ("trial_user_attrs", "hpo.objective:Objective", "_set_attr"),
     ("train_call", "hpo.objective", "train"),
     ("epoch_logging", "hpo.objective:_TrackingCallback", "on_epoch_end"),
     ("pruning_reports", "hpo.objective:_PruningCallback", "on_epoch_end"),
     ("evaluate_predict", "hpo.objective", "predict_proba"),
     ("evaluate_metrics", "hpo.objective", "classification_metrics"),
-    ("final_metrics", "hpo.tracking.runs:TrialRun", "log_final"),
-    ("plots", "hpo.tracking.runs:TrialRun", "log_plots"),
-    ("plots.figure_confusion", "hpo.tracking.plots", "confusion_matrix_figure"),
-    ("plots.figure_roc", "hpo.tracking.plots", "roc_figure"),
-    ("plots.figure_learning", "hpo.tracking.plots", "learning_curves_figure"),
-    ("plots.png_render", "hpo.tracking.plots", "figure_png"),
-    ("plots.log_pngs", "hpo.tracking.runs:TrialRun", "log_pngs"),
-    ("model", "hpo.tracking.runs:TrialRun", "log_model"),
-    ("model.create_logged_model", "mlflow.tracking:MlflowClient", "create_logged_model"),
-    ("model.infer_signature", "mlflow.models", "infer_signature"),
-    ("model.mlflow_log_model", "mlflow.pytorch", "log_model"),
-    ("model.torch_export", "torch.export", "export"),
-    ("end_run", "hpo.tracking.runs:TrialRun", "end"),
+    ("create_logged_model", "hpo.tracking.runs:TrialRun", "attach_model"),
+    ("spool_and_hand_over", "hpo.tracking.runs:TrialRun", "end"),
+    ("trial_writes_and_tell", "hpo.worker:TrialLoop", "_finish"),
+    ("parent_summary", "hpo.study:_ParentSummary", "__call__"),
+    ("claim", "hpo.worker:TrialLoop", "_claim"),
 ]
-TOP_LEVEL = [
-    "start_run_and_params",
-    "suggest",
-    "trial_user_attrs",
-    "train_call",
-    "evaluate_predict",
-    "evaluate_metrics",
-    "final_metrics",
-    "plots",
-    "model",
-    "end_run",
+SENDER_PROBES: list[tuple[str, str, str]] = [
+    ("send", "hpo.tracking.finisher", "send"),
+    ("metrics", "hpo.tracking.finisher:_Sender", "_send_metrics"),
+    ("plots", "hpo.tracking.runs:TrialRun", "log_plots"),
+    ("plots.figures", "hpo.tracking.plots", "confusion_matrix_figure"),
+    ("plots.figures", "hpo.tracking.plots", "roc_figure"),
+    ("plots.figures", "hpo.tracking.plots", "learning_curves_figure"),
+    ("plots.figures", "hpo.tracking.plots", "prediction_distribution_figure"),
+    ("plots.render_png", "hpo.tracking.plots", "figure_png"),
+    ("model", "hpo.tracking.runs:TrialRun", "log_model"),
+    ("model.torch_export", "torch.export", "export"),
+    ("end_run", "hpo.tracking.finisher:_Sender", "_send_end"),
 ]
 
 
@@ -92,146 +86,178 @@ def _resolve(path: str) -> Any:
     return getattr(owner, attr) if attr else owner
 
 
-def install_probes(timers: Timers) -> None:
-    for label, owner, attr in PROBES:
+def install(timers: Timers, probes: list[tuple[str, str, str]]) -> None:
+    for label, owner, attr in probes:
         timers.wrap(_resolve(owner), attr, label)
 
 
-def breakdown(seconds: dict[str, float]) -> dict[str, float]:
-    """One trial's timers → a flat breakdown whose top-level parts add up to the objective."""
-    get = seconds.get
-    callbacks = get("epoch_logging", 0.0) + get("pruning_reports", 0.0)
-    figures = sum(get(k, 0.0) for k in seconds if k.startswith("plots.figure_"))
-    out = {
-        "objective_total": get("objective", 0.0),
-        "training": get("train_call", 0.0) - callbacks,
-        "epoch_logging": get("epoch_logging", 0.0),
-        "pruning_reports": get("pruning_reports", 0.0),
-        "start_run_and_params": get("start_run_and_params", 0.0),
-        "suggest": get("suggest", 0.0),
-        "trial_user_attrs": get("trial_user_attrs", 0.0),
-        "evaluate": get("evaluate_predict", 0.0) + get("evaluate_metrics", 0.0),
-        "final_metrics": get("final_metrics", 0.0),
-        "plots": get("plots", 0.0),
-        "plots.build_figures": figures,
-        "plots.render_png": get("plots.png_render", 0.0),
-        "plots.upload": get("plots.log_pngs", 0.0) - get("plots.png_render", 0.0),
-        "model": get("model", 0.0),
-        "model.torch_export": get("model.torch_export", 0.0),
-        "model.mlflow_log_model_rest": get("model.mlflow_log_model", 0.0)
-        - get("model.torch_export", 0.0),
-        "model.create_logged_model": get("model.create_logged_model", 0.0),
-        "model.infer_signature": get("model.infer_signature", 0.0),
-        "end_run": get("end_run", 0.0),
-    }
-    out["other"] = get("objective", 0.0) - sum(get(k, 0.0) for k in TOP_LEVEL)
-    return out
+class StudyBench:
+    """One study on one store, run by the worker's own :class:`hpo.study.TrialRunner`."""
 
-
-class TrialBench:
-    """One study + tracker on a store; :meth:`trial` runs one objective call and times it."""
-
-    def __init__(self, workdir: Path, tracking_uri: str, name: str, timers: Timers) -> None:
+    def __init__(self, workdir: Path, tracking_uri: str, name: str, sender: str | None) -> None:
+        """``sender``: ``HPO_FINISHER`` for this study (None: the default)."""
+        from hpo.objective import Objective
         from hpo.spec import parse_spec
-        from hpo.study import prepare_data, start_session
+        from hpo.study import TrialRunner, prepare_data, start_session
 
         workdir.mkdir(parents=True, exist_ok=True)
-        self.spec = parse_spec(reference_spec_yaml(name, trials=10_000), source=name)
+        os.environ["HPO_SPOOL_DIR"] = str(workdir / "spool")
+        os.environ.pop("HPO_FINISHER", None)
+        if sender is not None:
+            os.environ["HPO_FINISHER"] = sender
+        self.spec = parse_spec(reference_spec_yaml(name, trials=100_000), source=name)
         self.data = prepare_data(self.spec, name)
-        session = start_session(
-            self.spec,
-            source=name,
-            storage_url=f"sqlite:///{workdir / 'optuna.db'}",
-            tracking_uri=tracking_uri,
+        self.storage_url = f"sqlite:///{workdir / 'optuna.db'}"
+        self.session = start_session(
+            self.spec, source=name, storage_url=self.storage_url, tracking_uri=tracking_uri
         )
-        from hpo.objective import Objective
+        self.objective = Objective(self.spec, self.data, torch.device("cpu"), self.session.tracker)
+        self.runner = TrialRunner.open(
+            self.spec, self.session, self.objective, self.storage_url, budget=None, n_trials=0
+        )
+        os.environ.pop("HPO_FINISHER", None)
+        self.background = bool(self.runner.finisher.background)
 
-        self.study = session.study
-        self.objective = Objective(self.spec, self.data, torch.device("cpu"), session.tracker)
-        self.timers = timers
-        self.breakdowns: list[dict[str, float]] = []
-        self.tell_seconds: list[float] = []
-        self.pruned = 0
-
-    def trial(self) -> float:
-        import optuna
-
-        trial = self.study.ask()
-        self.timers.reset()
+    def block(self, k: int) -> tuple[float, float]:
+        """Run ``k`` trials and wait until their runs are sent: (seconds per trial including
+        the wait, seconds per trial of the loop alone)."""
+        loop = self.runner.loop
+        loop.n_trials = loop.ran + k
         started = time.perf_counter()
-        try:
-            value: Any = self.objective(trial)
-            state = optuna.trial.TrialState.COMPLETE
-        except optuna.TrialPruned:
-            value, state = None, optuna.trial.TrialState.PRUNED
-            self.pruned += 1
-        seconds = time.perf_counter() - started
-        self.breakdowns.append(breakdown(self.timers.seconds))
-        started = time.perf_counter()
-        self.study.tell(trial, value, state=state)
-        self.tell_seconds.append(time.perf_counter() - started)
-        return seconds
+        self.runner.run()
+        ran = time.perf_counter() - started
+        self.runner.wait()
+        total = time.perf_counter() - started
+        if self.runner.finisher.in_flight:
+            raise RuntimeError(f"{self.runner.finisher.in_flight} runs were not sent")
+        return total / k, ran / k
 
-    def median_breakdown(self) -> dict[str, float]:
-        keys = self.breakdowns[0].keys() if self.breakdowns else []
-        out = {k: median([b[k] for b in self.breakdowns]) for k in keys}
-        out["optuna_tell_outside_objective"] = median(self.tell_seconds)
-        return out
+    def close(self) -> None:
+        self.runner.close()
+
+    def pruned(self) -> int:
+        from optuna.trial import TrialState
+
+        return len(self.session.study.get_trials(states=(TrialState.PRUNED,)))
+
+
+def _breakdown(timers: Timers, trials: int, labels: list[str]) -> dict[str, float]:
+    return {label: timers.seconds.get(label, 0.0) / trials for label in labels}
 
 
 def measure(quick: bool, *, http: bool = True) -> dict[str, Any]:
     torch.set_num_threads(1)
-    repeats = 5 if quick else 11
+    blocks = 3 if quick else 6
+    k = 4 if quick else 6
     timers = Timers()
-    install_probes(timers)
-    try:
-        with temp_dir("hpo-bench-overhead-") as tmp:
-            local = TrialBench(
-                tmp / "local", f"sqlite:///{tmp / 'local' / 'mlflow.db'}", "overhead-local", timers
+    out: dict[str, Any] = {}
+    with temp_dir("hpo-bench-overhead-") as tmp:
+        server = mlflow_server(tmp) if http else None
+        url = server.__enter__() if server is not None else None
+        try:
+            local = f"sqlite:///{tmp / 'local' / 'mlflow.db'}"
+            # The default sender (in the trial's thread on the CPU), and for comparison the
+            # background one (the default for trials on a GPU).
+            benches: dict[str, StudyBench] = {"local": StudyBench(tmp / "local", local, "o", None)}
+            if url is not None:
+                benches["http"] = StudyBench(tmp / "http", url, "o-http", None)
+            benches["local_background"] = StudyBench(
+                tmp / "local-bg",
+                f"sqlite:///{tmp / 'local-bg' / 'mlflow.db'}",
+                "o-bg",
+                "background",
             )
-            data = local.data
+            data = benches["local"].data
             raw_train(data, evaluate=True)  # warm-up
-            local.trial()  # warm-up: one-off imports
-            sides = {"raw": lambda: raw_train(data, evaluate=True), "local": local.trial}
-            benches = {"local": local}
-            server_cm = mlflow_server(tmp) if http else None
-            if server_cm is not None:
-                url = server_cm.__enter__()
-                remote = TrialBench(tmp / "http", url, "overhead-http", timers)
-                remote.trial()  # warm-up
-                sides["http"] = remote.trial
-                benches["http"] = remote
             for bench in benches.values():
-                bench.breakdowns.clear()
-                bench.tell_seconds.clear()
+                bench.block(1)  # warm-up: imports, the sender's start, the first export
             before = load()
-            try:
-                figures = interleave(repeats, sides)
-            finally:
-                if server_cm is not None:
-                    server_cm.__exit__(None, None, None)
+            raw: list[float] = []
+            totals: dict[str, list[float]] = {side: [] for side in benches}
+            loops: dict[str, list[float]] = {side: [] for side in benches}
+            critical: dict[str, dict[str, float]] = {}
+            for i in range(blocks):
+                raw.extend(raw_train(data, evaluate=True) for _ in range(k))
+                for side, bench in benches.items():
+                    if i == blocks - 1:  # the last block also feeds the breakdown
+                        install(timers, CRITICAL_PROBES)
+                        timers.reset()
+                    total, ran = bench.block(k)
+                    totals[side].append(total)
+                    loops[side].append(ran)
+                    if i == blocks - 1:
+                        critical[side] = _breakdown(timers, k, [p[0] for p in CRITICAL_PROBES])
+                        timers.restore()
+            after = load()
+            # The sender's share: the same trials with their runs sent in this process.
+            sender = {side: _sender_breakdown(benches[side], timers, k) for side in benches}
+            for bench in benches.values():
+                bench.close()
+            raw_median = median(raw)
+
+            def figures(side: str) -> dict[str, Any]:
+                per_trial = median(totals[side])
+                return {
+                    "sender": "background" if benches[side].background else "inline",
+                    "trial_seconds_per_block": totals[side],
+                    "trial_median_seconds": per_trial,
+                    "ratio": (per_trial - raw_median) / raw_median,
+                    "critical_path_seconds_per_block": loops[side],
+                    "critical_path_ratio": (median(loops[side]) - raw_median) / raw_median,
+                    "pruned_trials": benches[side].pruned(),
+                    "critical_path_breakdown_seconds": critical.get(side, {}),
+                    "sender_breakdown_seconds_per_run": sender[side],
+                }
+
+            goals = {"local": "<= 0.10", "http": "<= 0.25"}
+            for side in ("local", "http"):
+                if side not in benches:
+                    continue
+                mine = figures(side)
+                raw_figures: dict[str, Any] = {
+                    **mine,
+                    "raw_training_seconds": raw,
+                    "raw_training_median_seconds": raw_median,
+                    "overhead_seconds": mine["trial_median_seconds"] - raw_median,
+                    "trials_per_block": k,
+                    "load_before_after": [before, after],
+                }
+                if side == "local":
+                    raw_figures["with_background_sender"] = figures("local_background")
+                out[f"overhead_ratio_{side}"] = result(
+                    mine["ratio"],
+                    goals[side],
+                    COMMAND.replace("local", side),
+                    raw_figures,
+                    note=(
+                        f"blocks of {k} trials run by the worker's loop with its default sender, "
+                        "timed until every run is sent, vs blocks of the raw torch loop; medians "
+                        "of per-trial times; 1 torch thread"
+                    ),
+                )
+        finally:
+            if server is not None:
+                server.__exit__(None, None, None)
+            timers.restore()
+    return out
+
+
+def _sender_breakdown(bench: StudyBench, timers: Timers, k: int) -> dict[str, float]:
+    """Per-run seconds of the sender's steps, sending ``k`` trials' runs in this process."""
+    from hpo.tracking.finisher import Finisher
+
+    tracker = bench.session.tracker
+    bench.runner.close()
+    inline = Finisher(tracker, background=False)
+    tracker.finisher = inline
+    install(timers, SENDER_PROBES)
+    timers.reset()
+    try:
+        loop = bench.runner.loop
+        loop.n_trials = loop.ran + k
+        loop.run()
     finally:
         timers.restore()
-    raw_median = median(figures["raw"])
-    out: dict[str, Any] = {}
-    goals = {"local": "<= 0.10", "http": "<= 0.25"}
-    for side, bench in benches.items():
-        trial_median = median(figures[side])
-        out[f"overhead_ratio_{side}"] = result(
-            (trial_median - raw_median) / raw_median,
-            goals[side],
-            COMMAND.replace("local", side),
-            {
-                "trial_seconds": figures[side],
-                "raw_training_seconds": figures["raw"],
-                "trial_median_seconds": trial_median,
-                "raw_training_median_seconds": raw_median,
-                "overhead_seconds": trial_median - raw_median,
-                "pruned_trials": bench.pruned,
-                "breakdown_median_seconds": bench.median_breakdown(),
-                "load_before_after": [before, load()],
-            },
-            note="one Objective call after one warm-up trial (one-off imports excluded) vs a "
-            "minimal raw torch loop, interleaved, medians; 1 torch thread",
-        )
-    return out
+        tracker.finisher = None
+    labels = list(dict.fromkeys(p[0] for p in SENDER_PROBES))
+    return _breakdown(timers, k, labels)

@@ -97,18 +97,59 @@ def table(results: dict[str, Any]) -> str:
 
 
 def breakdown_table(results: dict[str, Any]) -> str:
-    sides = [
-        k for k in ("overhead_ratio_local", "overhead_ratio_http") if "raw" in results.get(k, {})
-    ]
-    if not sides:
+    """Per-trial seconds of the reference trial, by part, for each store and sender."""
+    columns: dict[str, dict[str, Any]] = {}
+    for key in ("overhead_ratio_local", "overhead_ratio_http"):
+        raw = results.get(key, {}).get("raw")
+        if not raw or "critical_path_breakdown_seconds" not in raw:
+            continue
+        side = key.rsplit("_", 1)[-1]
+        columns[f"{side} ({raw['sender']})"] = raw
+        if "with_background_sender" in raw:
+            columns[f"{side} (background)"] = raw["with_background_sender"]
+    if not columns:
         return ""
-    parts = {s: results[s]["raw"]["breakdown_median_seconds"] for s in sides}
-    head = "| part (median s per trial) | " + " | ".join(s.split("_")[-1] for s in sides) + " |"
-    rows = [head, "|---" * (len(sides) + 1) + "|"]
-    for name in parts[sides[0]]:
-        label = f"&nbsp;&nbsp;{name}" if "." in name else name
-        rows.append(f"| {label} | " + " | ".join(f"{parts[s][name]:.3f}" for s in sides) + " |")
+    names = list(columns)
+    rows = [
+        "| part (s per trial) | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+        "| **per trial, until its run is sent** | "
+        + " | ".join(f"**{c['trial_median_seconds']:.3f}**" for c in columns.values())
+        + " |",
+        "| trial loop alone (critical path) | "
+        + " | ".join(
+            f"{median(c['critical_path_seconds_per_block']):.3f}" for c in columns.values()
+        )
+        + " |",
+    ]
+    first = columns[names[0]]
+    for part in first["critical_path_breakdown_seconds"]:
+        cells = [
+            f"{c['critical_path_breakdown_seconds'].get(part, 0.0):.4f}" for c in columns.values()
+        ]
+        rows.append(f"| &nbsp;&nbsp;{part} | " + " | ".join(cells) + " |")
+    rows.append(
+        "| sending one run (measured in the worker's process) | "
+        + " | ".join(
+            f"{c['sender_breakdown_seconds_per_run'].get('send', 0.0):.3f}"
+            for c in columns.values()
+        )
+        + " |"
+    )
+    for part in first["sender_breakdown_seconds_per_run"]:
+        if part == "send":
+            continue
+        cells = [
+            f"{c['sender_breakdown_seconds_per_run'].get(part, 0.0):.4f}" for c in columns.values()
+        ]
+        rows.append(f"| &nbsp;&nbsp;{part} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def write_doc(results: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -123,7 +164,8 @@ def write_doc(results: dict[str, Any], meta: dict[str, Any]) -> None:
             "",
             table(results),
             "",
-            "Overhead breakdown of one reference trial (see `overhead.py`; sub-parts indented):",
+            "Where the reference trial's time goes (see `overhead.py`): the trial loop in the "
+            "worker's process, and sending one run (plots, model, end of the run):",
             "",
             breakdown_table(results),
             END,

@@ -249,8 +249,9 @@ class Objective:
             "train_seconds",
         ):
             self._set_attr(trial, key, final[key])
-        # The plots and the model are drawn, exported and uploaded after the trial, while the
-        # next one trains (hpo.tracking.finisher): here they are only collected.
+        # The plots and the model are drawn, exported and uploaded when the run ends, from the
+        # spool (hpo.tracking.finisher; in the background while the next trial trains on a GPU):
+        # here they are only collected.
         run.attach_plots(
             PlotInputs(
                 y_true=data.y_val,

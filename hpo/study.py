@@ -428,7 +428,6 @@ def run_study(
         n_trials=n_trials,
         timeout=timeout if timeout is not None else spec.timeout,
         callbacks=callbacks,
-        local_workers=local_workers,
     )
     try:
         runner.run()
@@ -473,17 +472,16 @@ class TrialRunner:
         n_trials: int | None = None,
         timeout: float | None = None,
         callbacks: Sequence[TrialCallback] = (),
-        local_workers: int = 1,
     ) -> TrialRunner:
-        """Start the sender (its imports overlap with the first trial) and build the loop.
-        ``local_workers``: how many trial processes share this machine (the sender runs in the
-        background when a core is left for it)."""
+        """Start the sender (in the background for trials on an accelerator, its imports then
+        overlapping with the first trial) and build the loop."""
         from hpo.tracking.finisher import background_default
         from hpo.worker import TrialLoop
 
         study, tracker = session.study, session.tracker
         failures = _FailureGuard()
-        finisher = _start_finisher(tracker, background=background_default(local_workers))
+        device = str(getattr(objective, "device", "cpu"))
+        finisher = _start_finisher(tracker, background=background_default(device))
         sent = _SentRuns(study, spec, tracker)
         loop = TrialLoop(
             study,

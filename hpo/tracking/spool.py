@@ -4,8 +4,9 @@ When a trial ends, what is left to log on its run (the buffered metrics, the fin
 plots, the model, the status) is written here as one *job*, a directory
 ``<spool>/<study>/<run_id>/``, before anything is sent to the tracking store:
 
-* it can be sent off the trial's critical path (:mod:`hpo.tracking.finisher`, a background
-  process per worker), so the next trial trains while the plots render and the model uploads;
+* it can be sent off the trial's critical path (:mod:`hpo.tracking.finisher`, from a background
+  process when the trials train on a GPU), so the next trial trains while the plots render and
+  the model uploads;
 * a tracking server that is down does not cost the trial's run: the job waits on disk and is
   sent when the server is back, by the worker, by the next worker started on this machine, or by
   ``hpo sync NAME``.

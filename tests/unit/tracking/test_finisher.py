@@ -202,16 +202,16 @@ def test_the_spool_survives_a_missing_study_directory(tracker: StudyTracker) -> 
     assert sync_spool("demo", tracker) == []
 
 
-def test_the_sender_runs_in_the_background_when_a_core_is_spare(
+def test_the_sender_runs_in_the_background_for_trials_on_an_accelerator(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from hpo.tracking import finisher
 
     monkeypatch.delenv("HPO_FINISHER")
-    monkeypatch.setattr(finisher.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert finisher.background_default(1)
-    assert not finisher.background_default(2)  # two workers on two cores: none to spare
+    assert not finisher.background_default("cpu")
+    assert finisher.background_default("cuda:0")
+    assert finisher.background_default("mps")
     monkeypatch.setenv("HPO_FINISHER", "background")
-    assert finisher.background_default(2)
+    assert finisher.background_default("cpu")
     monkeypatch.setenv("HPO_FINISHER", "inline")
-    assert not finisher.background_default(1)
+    assert not finisher.background_default("cuda")
