@@ -21,7 +21,10 @@ from typing import Any
 from benchmarks.common import load, median, result, temp_dir
 
 COMMAND = ".venv/bin/python -m benchmarks.run --only time_to_target_speedup"
-TARGET = 0.97
+#: At 0.97 the measure says nothing: the first trial of both methods (TPE's first trials are the
+#: random sampler's, same seed) already reaches it on most seeds (measured 2026-11-30: seeds 0
+#: and 1, both methods, trial 0 or 1). 0.98 is reached by a minority of configurations.
+TARGET = 0.98
 
 SPACE = """\
 search:
@@ -95,8 +98,8 @@ def time_to_target(tmp: Path, method: str, seed: int, trials: int) -> dict[str, 
 
 def measure(quick: bool) -> dict[str, Any]:
     warnings.filterwarnings("ignore", category=UserWarning)
-    seeds = [0, 1, 2] if quick else [0, 1, 2, 3, 4]
-    trials = 40 if quick else 80
+    seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
+    trials = 40 if quick else 60
     before = load()
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
     with temp_dir("hpo-bench-search-") as tmp:
@@ -126,8 +129,8 @@ def measure(quick: bool) -> dict[str, Any]:
                 "per_seed_speedup": per_seed,
                 "load_before_after": [before, load()],
             },
-            note="median over seeds of random-without-pruning time / TPE+median time to the "
-            "first trial with val_accuracy >= 0.97; runs that never reach it count their whole "
-            "time (see reached)",
+            note=f"median over seeds of random-without-pruning time / TPE+median time to the "
+            f"first trial with val_accuracy >= {TARGET}; runs that never reach it count their "
+            "whole time, a lower bound (see reached)",
         )
     }

@@ -81,7 +81,7 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
         c = result.champion
         console.print(
             f"registered model '{c.name}' version {c.version} (trial {c.trial}) is the champion: "
-            f"models:/{c.name}@champion; serve it with: hpo serve {c.name}"
+            f"models:/{c.name}@champion; serve it with: {hpo_command()} serve {c.name}"
         )
     uri = result.tracking_uri
     # MLflow 3's UI opens on its GenAI views unless told this is model training.
@@ -92,7 +92,7 @@ def print_result(result: StudyResult, spec: StudySpec, storage_url: str) -> None
     if uri.startswith(("http://", "https://")):
         console.print(f"MLflow: {mask_url(uri).rstrip('/')}/{where}")
     else:
-        console.print(f"browse it: hpo ui   then open http://127.0.0.1:5000/{where}")
+        console.print(f"browse it: {hpo_command()} ui   then open http://127.0.0.1:5000/{where}")
     if not result.report_error:
         console.print("the parent run holds the study report: study_report/report.html")
 
@@ -289,3 +289,23 @@ def print_reproduction(rep: Reproduction) -> None:
         else f"differs by {gap:.3g} (another machine, thread count or library version?)"
     )
     console.print(verdict)
+
+
+def hpo_command() -> str:
+    """How to run hpo again from this shell: ``hpo`` if that is this program on the PATH, else
+    the path of this executable (``.venv/bin/hpo`` after ``make demo``), else ``python -m hpo``."""
+    import os
+    import shlex
+    import shutil
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    on_path = shutil.which("hpo")
+    if os.path.basename(argv0) in ("hpo", "hpo.exe") and os.path.isfile(argv0):
+        if on_path and os.path.samefile(on_path, argv0):
+            return "hpo"
+        path = os.path.abspath(argv0)
+        relative = os.path.relpath(path)
+        if relative.startswith(".."):
+            return shlex.quote(path)
+        return shlex.quote(relative if os.sep in relative else f".{os.sep}{relative}")
+    return "hpo" if on_path else f"{shlex.quote(sys.executable)} -m hpo"

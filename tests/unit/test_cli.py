@@ -185,3 +185,26 @@ def test_delete_asks_then_deletes(workdir: Path) -> None:
     code, out = run("study", "delete", "gone", "--yes")
     assert code == 0 and "deleted study 'gone'" in out
     assert optuna.get_all_study_summaries("sqlite:///hpo.db") == []
+
+
+def test_the_printed_command_is_one_the_user_can_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `make demo` hpo is .venv/bin/hpo, not on the PATH: the hints say so."""
+    import sys
+
+    from hpo.report import hpo_command
+
+    exe = tmp_path / ".venv" / "bin" / "hpo"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(sys, "argv", [str(exe), "study", "start"])
+    assert hpo_command() == ".venv/bin/hpo"
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{exe.parent}:/usr/bin:/bin")
+    assert hpo_command() == "hpo"
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert hpo_command().endswith(" -m hpo")
