@@ -30,10 +30,11 @@ COPY docker ./docker
 COPY studies /studies
 
 # Non-root: a worker runs study-file-driven code and the servers need no privileges. /mlflow holds
-# the proxied artifacts (a named volume mounted there inherits this ownership on first use).
+# the proxied artifacts and /spool the workers' unsent trial runs (a named volume mounted there
+# inherits this ownership on first use).
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin hpo \
-    && mkdir -p /mlflow/artifacts \
-    && chown -R hpo:hpo /mlflow
+    && mkdir -p /mlflow/artifacts /spool \
+    && chown -R hpo:hpo /mlflow /spool
 USER hpo
 WORKDIR /home/hpo
 

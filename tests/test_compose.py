@@ -216,6 +216,17 @@ def test_worker_runs_the_study_from_a_read_only_mount() -> None:
     assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= env.keys()
 
 
+def test_workers_keep_unsent_runs_on_a_volume_they_can_write() -> None:
+    """A worker's spool (runs MLflow did not take yet) outlives its container, and the non-root
+    user owns the mount point a new named volume copies its ownership from."""
+    worker = _services()["worker"]
+    assert worker["environment"]["HPO_SPOOL_DIR"] == "/spool"
+    assert "worker-spool:/spool" in worker["volumes"]
+    assert "worker-spool" in _compose()["volumes"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "/spool" in dockerfile.split("chown", 1)[1].split("\n", 1)[0]
+
+
 def _secret_like(name: str, value: str) -> bool:
     return bool(re.search(r"PASSWORD|SECRET|TOKEN|KEY", name)) or bool(
         re.search(r"://[^/@]*:[^/@]*@", value)

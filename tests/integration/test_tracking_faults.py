@@ -27,12 +27,13 @@ HPO = [sys.executable, "-m", "hpo"]
 EPOCHS = 8
 
 
-def write_spec(root: Path, name: str, trials: int) -> Path:
+def write_spec(root: Path, name: str, trials: int, samples: int = 2400) -> Path:
+    """A study whose trials train for about 2 s (long enough to stop a server mid-trial)."""
     spec = root / f"{name}.yaml"
     spec.write_text(
         f"""\
 name: {name}
-data: {{source: synthetic, kind: classification, n_samples: 2400, n_features: 20, n_classes: 3}}
+data: {{source: synthetic, kind: classification, n_samples: {samples}, n_features: 20, n_classes: 3}}
 model: {{family: mlp}}
 train: {{epochs: {EPOCHS}, seed: 0, threads: 1}}
 fixed: {{batch_size: 16, width: 64}}
@@ -125,7 +126,7 @@ def test_a_server_that_stops_mid_trial_and_comes_back_loses_nothing(tmp_path: Pa
     """The server dies while trial 0 trains: the trial's result is recorded while the server is
     down, its run waits in the spool and is sent by the worker once the server is back."""
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
-    spec = write_spec(tmp_path, "outage", trials=3)
+    spec = write_spec(tmp_path, "outage", trials=2)
     with MlflowServer(tmp_path) as server:
         proc = start(tmp_path, spec, storage, server.url, outage=120)
         wait_for(lambda: trial_state(storage, "outage", 0, "mlflow_run_id") == "RUNNING", "trial 0")
@@ -138,8 +139,8 @@ def test_a_server_that_stops_mid_trial_and_comes_back_loses_nothing(tmp_path: Pa
         assert proc.returncode == 0, err
         assert "Traceback" not in err
         assert err.count("does not answer") == 1, err  # said once, not per call
-        assert_optuna_complete(storage, "outage", 3)
-        assert_runs_complete(MlflowClient(server.url), "outage", 3)
+        assert_optuna_complete(storage, "outage", 2)
+        assert_runs_complete(MlflowClient(server.url), "outage", 2)
     assert not (tmp_path / "spool" / "outage").exists()
 
 
@@ -150,7 +151,7 @@ def test_a_server_away_too_long_stops_the_worker_and_sync_sends_the_runs(
     finished trial's result is kept and its run waits in the spool; `hpo sync` sends it, and a
     new start completes the study."""
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
-    spec = write_spec(tmp_path, "away", trials=3)
+    spec = write_spec(tmp_path, "away", trials=2)
     with MlflowServer(tmp_path) as server:
         proc = start(tmp_path, spec, storage, server.url, outage=3)
         wait_for(lambda: trial_state(storage, "away", 0, "mlflow_run_id") == "RUNNING", "trial 0")
@@ -180,8 +181,8 @@ def test_a_server_away_too_long_stops_the_worker_and_sync_sends_the_runs(
         rerun = start(tmp_path, spec, storage, server.url, outage=30)
         _, err = rerun.communicate(timeout=300)
         assert rerun.returncode == 0, err
-        assert_optuna_complete(storage, "away", 3)
-        assert_runs_complete(MlflowClient(server.url), "away", 3)
+        assert_optuna_complete(storage, "away", 2)
+        assert_runs_complete(MlflowClient(server.url), "away", 2)
 
 
 def injected(n: int, method: str, path: str, body: bytes) -> str:
@@ -204,14 +205,14 @@ def test_503_429_and_dropped_connections_are_retried_without_duplicates(
     tmp_path: Path,
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
-    spec = write_spec(tmp_path, "flaky", trials=4)
+    spec = write_spec(tmp_path, "flaky", trials=3, samples=1200)
     with MlflowServer(tmp_path) as server, FaultyProxy(server.url, injected) as proxy:
         proc = start(tmp_path, spec, storage, proxy.url, outage=120)
         _, err = proc.communicate(timeout=400)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
         actions = [action for *_, action in proxy.seen]
-        assert min(actions.count(a) for a in ("503", "429", "drop")) >= 2, proxy.seen
-        assert_optuna_complete(storage, "flaky", 4)
+        assert min(actions.count(a) for a in ("503", "429", "drop")) >= 1, proxy.seen
+        assert_optuna_complete(storage, "flaky", 3)
         assert "marked FAILED" not in err and "hpo sync" not in err, err
-        assert_runs_complete(MlflowClient(server.url), "flaky", 4)
+        assert_runs_complete(MlflowClient(server.url), "flaky", 3)
