@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def hpo_serve(name: str, cwd: Path, tracking_uri: str) -> Iterator[str]:
+    """``hpo serve NAME`` on a free port (a real process); yields its base URL once ``/health``
+    answers, and stops it with Ctrl-C afterwards."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "serve", name, "--port", str(port)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.3)
+        yield base
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=20)
 
 
 def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -113,28 +146,7 @@ def test_serve_answers_raw_rows_like_the_trained_pipeline(tabular_study: Path) -
     from hpo.tracking.models import load_pytorch_model
 
     uri = f"sqlite:///{tabular_study / 'mlflow.db'}"
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "serve", "serve-tabular", "--port", str(port)],
-        env=env,
-        cwd=tabular_study,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert server.poll() is None, server.stdout.read() if server.stdout else ""
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.3)
+    with hpo_serve("serve-tabular", tabular_study, uri) as base:
         with urllib.request.urlopen(f"{base}/metadata", timeout=5) as r:
             meta = json.loads(r.read())
         assert meta["input"]["columns"] == ["age", "income", "city"]
@@ -169,9 +181,6 @@ def test_serve_answers_raw_rows_like_the_trained_pipeline(tabular_study: Path) -
         assert code == 400 and "'income'" in error["error"]
         code, error = post(f"{base}/invocations", {"rows": []})
         assert code == 400 and "dataframe_split" in error["error"]
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=20)
 
 
 def test_serve_without_a_champion_is_one_clear_line(workdir: Path) -> None:

@@ -9,11 +9,6 @@ and GDP unscaled, the way the CSV holds them) gets one continent per row back.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpo.cli import main
-from tests.integration.test_serve import free_port, post
+from tests.integration.test_serve import hpo_serve, post
 
 STUDY = Path(__file__).parents[2] / "studies" / "learnable_activation.yaml"
 DATA = STUDY.parent / "data" / "gapminder_continents.csv"
@@ -52,28 +47,7 @@ def test_the_served_learnable_activation_champion_answers_raw_rows(workdir: Path
     best = study.best_trial
     assert best.number in (0, 1) and best.params["activation"] in ("learnable", "relu")
 
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "serve", NAME, "--port", str(port),
-         "--tracking-uri", tracking],
-        env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
-        cwd=workdir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    assert r.status == 200
-                    break
-            except OSError:
-                assert server.poll() is None, server.stdout.read() if server.stdout else ""
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.3)
+    with hpo_serve(NAME, workdir, tracking) as base:
         with urllib.request.urlopen(f"{base}/metadata", timeout=5) as r:
             meta = json.loads(r.read())
         assert meta["input"]["columns"] == ["year", "lifeExp", "pop", "gdpPercap"]
@@ -109,6 +83,3 @@ def test_the_served_learnable_activation_champion_answers_raw_rows(workdir: Path
         with torch.no_grad():
             logits = model(torch.from_numpy(data.preprocessor.transform(raw).astype(np.float32)))
         assert answer["predictions"] == [data.classes[i] for i in logits.argmax(dim=1).tolist()]
-    finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=20)
