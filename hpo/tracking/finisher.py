@@ -411,11 +411,9 @@ class Finisher:
         return None
 
     def _send_inline(self, path: Path) -> Sent | None:
-        backoff = Backoff(limit=self._inline_outage.remaining())
-        sent = send(path, self.tracker, backoff, on_wait=self._inline_outage.waiting(self.warn))
-        self._inline_outage.update(sent)
+        sent = self._inline_outage.send(path, self.tracker, self.warn)
         self._note(sent)
-        return sent
+        return None if sent.kept and sent.error is None else sent
 
     def _note(self, sent: Sent | None) -> None:
         if sent is None or not sent.error:
@@ -594,9 +592,19 @@ class _OutageClock:
 
         return on_wait
 
-    def update(self, sent: Sent | None) -> None:
-        if sent is not None and sent.ok:
+    def send(self, path: Path, tracker: StudyTracker, warn: Callable[[str], None]) -> Sent:
+        """:func:`send` within this outage's limit; a job that cannot be read, or that another
+        process is sending, comes back ``kept`` (with the reason, or none)."""
+        try:
+            sent = send(path, tracker, Backoff(limit=self.remaining()), self.waiting(warn))
+        except Exception as exc:  # an unreadable job must not stop the others
+            sent = Sent(str(path), tracker.study_name, -1, "", "", ok=False, kept=True)
+            sent.error = f"{type(exc).__name__}: {exc}"
+        if sent is None:  # another process holds it
+            return Sent(str(path), tracker.study_name, -1, "", "", ok=False, kept=True)
+        if sent.ok:
             self.since, self._warned = None, False
+        return sent
 
 
 # -- the background process ----------------------------------------------------------------------
@@ -612,21 +620,9 @@ def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
         emit({"event": "warning", "message": message})
 
     for line in lines:
-        path = Path(line.strip())
-        if not line.strip():
-            continue
-        try:
-            backoff = Backoff(limit=clock.remaining())
-            sent = send(path, tracker, backoff, on_wait=clock.waiting(warn))
-        except Exception as exc:  # an unreadable job must not stop the others
-            job_error = f"{type(exc).__name__}: {exc}"
-            sent = Sent(str(path), tracker.study_name, -1, "", "", ok=False, error=job_error)
-            sent.kept = True
-        clock.update(sent)
-        if sent is None:  # another process holds it
-            sent = Sent(str(path), tracker.study_name, -1, "", "", ok=False, error=None)
-            sent.kept = True
-        emit({"event": "sent", "sent": asdict(sent)})
+        if line.strip():
+            sent = clock.send(Path(line.strip()), tracker, warn)
+            emit({"event": "sent", "sent": asdict(sent)})
 
 
 def main() -> None:

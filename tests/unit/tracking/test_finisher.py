@@ -215,3 +215,18 @@ def test_the_sender_runs_in_the_background_for_trials_on_an_accelerator(
     assert finisher.background_default("cpu")
     monkeypatch.setenv("HPO_FINISHER", "inline")
     assert not finisher.background_default("cuda")
+
+
+def test_an_unreadable_job_is_reported_and_the_others_are_sent(tracker: StudyTracker) -> None:
+    run, model, X, uri = a_finished_trial(tracker)
+    tracker.sender.submit = lambda path: None  # type: ignore[method-assign]
+    run.end("COMPLETE")
+    tracker.finisher = None
+    broken = spool.study_spool("demo") / "broken"
+    broken.mkdir()
+    (broken / spool.JOB_FILE).write_text("{not json")
+    sent = {Path(s.path).name: s for s in sync_spool("demo", tracker)}
+    assert sent["broken"].kept and "SpoolError" in (sent["broken"].error or "")
+    assert sent[run.run_id].ok
+    assert uri is not None
+    assert_complete(tracker, run, model, X, uri)
