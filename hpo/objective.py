@@ -134,6 +134,8 @@ class Objective:
         self.unsaved: set[str] = set()
         #: Intermediate values reported (for the pruner) and not written yet, by step.
         self.unsaved_reports: dict[int, float] = {}
+        #: Ctrl-C came after the trial's result was complete: record it, then stop.
+        self.interrupted = False
         #: Stored with every model: how to turn raw rows into its input (see :mod:`hpo.serving`).
         self.model_metadata = model_metadata(spec, data)
 
@@ -180,6 +182,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         spec = self.spec
         self.attrs, self.unsaved, self.unsaved_reports = {}, set(), {}
+        self.interrupted = False
         values = suggest(trial, spec.search, spec.fixed, self.order)
         family = str(values.get(FAMILY_PARAM, spec.model.family))
         train_params, family_params = split_params(family, values)
@@ -284,7 +287,14 @@ class Objective:
         bad = [m for m, v in zip(self.metrics, values, strict=True) if not math.isfinite(v)]
         if bad:
             raise ValueError(f"objective {bad[0]} is not a finite number ({final[bad[0]]})")
-        run.end("COMPLETE")
+        try:
+            run.end("COMPLETE")
+        except KeyboardInterrupt:
+            if run.state != "COMPLETE":
+                raise
+            # Ctrl-C while the run was being sent: the trial's result stands and its run waits
+            # in the spool; the worker records the result, then stops (see `interrupted`).
+            self.interrupted = True
         return values[0] if len(values) == 1 else values
 
 

@@ -406,6 +406,8 @@ class TrialLoop:
                     break
                 frozen = self._run_one(trial)
                 self.ran += 1
+                if getattr(self.objective, "interrupted", False):
+                    raise KeyboardInterrupt  # after its result was recorded (hpo.objective)
                 for callback in self.callbacks:  # they read the study: through outages too
                     _through_outage(
                         f"taking in the result of trial {frozen.number}",

@@ -343,3 +343,44 @@ def test_report_command_keeps_the_chance_verdict(ran: Ran, tmp_path: Path) -> No
     ).read_text()
     assert "is above chance" in logged
     assert parent.data.tags["hpo.chance_level"] == "above_chance"
+
+
+def test_ctrl_c_while_a_run_is_sent_keeps_the_trial_and_its_run(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after a trial's result is complete (its run was being sent): the result is
+    recorded, the worker stops, and the run waits in the spool for the next start."""
+    from hpo.tracking.finisher import Finisher
+
+    (workdir / "s.yaml").write_text(
+        "name: cut\ndata: {source: sklearn, name: iris}\ntrain: {epochs: 1}\n"
+        "search:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\ntrials: 2\n"
+    )
+    real_submit = Finisher.submit
+    calls: list[int] = []
+
+    def interrupted(self: Finisher, path: Path) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real_submit(self, path)
+
+    monkeypatch.setattr(Finisher, "submit", interrupted)
+    code, out = invoke("study", "start", "s.yaml", "-q")
+    assert code == 130, out
+    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{workdir}/hpo.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
+    assert len(list((workdir / ".hpo-spool" / "cut").iterdir())) == 1
+
+    monkeypatch.setattr(Finisher, "submit", real_submit)
+    code, out = invoke("study", "start", "s.yaml", "-q")  # resumes, and sends the waiting run
+    assert code == 0, out
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    experiment = client.get_experiment_by_name("cut")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "tags.`hpo.trial` = '0'")
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert {"confusion_matrix.png", "roc_curves.png"} <= {
+        a.path for a in client.list_artifacts(runs[0].info.run_id)
+    }
+    assert not (workdir / ".hpo-spool" / "cut").exists()
