@@ -216,3 +216,55 @@ def test_503_429_and_dropped_connections_are_retried_without_duplicates(
         assert_optuna_complete(storage, "flaky", 3)
         assert "marked FAILED" not in err and "hpo sync" not in err, err
         assert_runs_complete(MlflowClient(server.url), "flaky", 3)
+
+
+def test_an_unwritable_artifact_directory_fails_the_runs_not_the_study(tmp_path: Path) -> None:
+    """The artifact directory cannot be written (a file stands where it should be): each trial's
+    run ends FAILED with the reason, the trials' results are kept and the study ends normally;
+    once the directory is fixed, `hpo sync` sends the runs whole."""
+    (tmp_path / "mlartifacts").write_text("not a directory")
+    spec = tmp_path / "disk.yaml"
+    spec.write_text(
+        "name: disk\ndata: {source: sklearn, name: iris}\ntrain: {epochs: 2, threads: 1}\n"
+        "search:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\ntrials: 2\n"
+    )
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = subprocess.run(
+        [*HPO, "study", "start", str(spec), "-q", "--storage", storage, "--tracking-uri", tracking],
+        cwd=tmp_path,
+        env=env(tmp_path, outage=5),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.stderr.count("the run is marked FAILED, the trial's result is saved") == 2
+    assert_optuna_complete(storage, "disk", 2)
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name("disk")
+    assert experiment is not None
+    children = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if "mlflow.parentRunId" in r.data.tags
+    ]
+    assert [r.info.status for r in children] == ["FAILED", "FAILED"]
+    assert all("Not a directory" in r.data.tags["hpo.error"] for r in children)
+    assert len(list((tmp_path / "spool" / "disk").iterdir())) == 2
+
+    (tmp_path / "mlartifacts").unlink()  # the disk is fixed
+    sync = subprocess.run(
+        [*HPO, "sync", "disk", "--storage", storage, "--tracking-uri", tracking],
+        cwd=tmp_path,
+        env=env(tmp_path, outage=5),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sync.returncode == 0, sync.stderr
+    assert "sent 2 of 2 trial runs" in sync.stdout
+    children = [client.get_run(r.info.run_id) for r in children]
+    assert [r.info.status for r in children] == ["FINISHED", "FINISHED"]
+    assert not any("hpo.error" in r.data.tags for r in children)
