@@ -238,7 +238,9 @@ class _Sender:
         if m.model_id is None:
             # The store was away when the trial ended: create the LoggedModel now, once (its id
             # is kept with the job, so a retry of this step uses it too).
-            m.model_id = self.progress.get("model_id") or self._call(self._create_model)
+            m.model_id = self.progress.get("model_id") or self._call(
+                lambda: self.run_.create_model(m.params, m.tags)
+            )
             self.progress["model_id"] = m.model_id
             spool.write_progress(self.path, self.progress)
         model_id = m.model_id
@@ -268,19 +270,6 @@ class _Sender:
             return f"models:/{model_id}" if self._model_ready(model_id) else None
 
         self._call(log, check)
-
-    def _create_model(self) -> str:
-        m = self.job.model
-        assert m is not None
-        with self.run_.store_errors("creating the model"):
-            logged = self.tracker.client.create_logged_model(
-                experiment_id=self.tracker.experiment_id,
-                name="model",
-                source_run_id=self.job.run_id,
-                params=m.params,
-                tags=m.tags,
-            )
-        return str(logged.model_id)
 
     def _linked(self, model_id: str) -> bool:
         outputs = self.tracker.client.get_run(self.job.run_id).outputs
@@ -607,6 +596,14 @@ class _OutageClock:
         return sent
 
 
+def sync_spool(study_name: str, tracker: StudyTracker, *, outage: float = 30.0) -> list[Sent]:
+    """Send every job of ``study_name`` waiting in this machine's spool, in this thread
+    (``hpo sync``); a store that is away is waited for up to ``outage`` seconds in all."""
+    finisher = Finisher(tracker, background=False, outage=outage)
+    sent = [finisher.submit(path) for path in spool.list_jobs(study_name)]
+    return [s for s in sent if s is not None]
+
+
 # -- the background process ----------------------------------------------------------------------
 def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
     """The background process's loop: a JSON header line, then one job path per line."""
@@ -627,17 +624,12 @@ def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
 
 def main() -> None:
     """``python -m hpo.tracking.finisher``: see :class:`Finisher`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    import logging
-    import warnings
-
-    warnings.simplefilter("ignore")
-    logging.getLogger("mlflow").setLevel(logging.ERROR)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     import torch
+
+    from hpo.cli import _quiet_libraries
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _quiet_libraries()  # the same quiet as the hpo command that started it
 
     # One core's worth: the trial that trains meanwhile needs the others.
     torch.set_num_threads(1)
@@ -654,11 +646,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def sync_spool(study_name: str, tracker: StudyTracker, *, outage: float = 30.0) -> list[Sent]:
-    """Send every job of ``study_name`` waiting in this machine's spool, in this thread
-    (``hpo sync``); a store that is away is waited for up to ``outage`` seconds in all."""
-    finisher = Finisher(tracker, background=False, outage=outage)
-    sent = [finisher.submit(path) for path in spool.list_jobs(study_name)]
-    return [s for s in sent if s is not None]

@@ -785,18 +785,8 @@ class TrialRun:
         inputs.params = {**self.params, **inputs.params}
         inputs.step = self._last_epoch
         try:
-            with (
-                single_attempt(),
-                _tracking_errors("creating the model", self.tracker.tracking_uri),
-            ):
-                logged = self.tracker.client.create_logged_model(
-                    experiment_id=self.tracker.experiment_id,
-                    name="model",
-                    source_run_id=self.run_id,
-                    params=inputs.params,
-                    tags=inputs.tags,
-                )
-            inputs.model_id = logged.model_id
+            with single_attempt():
+                inputs.model_id = self.create_model(inputs.params, inputs.tags)
         except TrackingError as exc:
             from hpo.tracking.outage import classify
 
@@ -805,6 +795,19 @@ class TrialRun:
                 self.tracker.note_unreachable()  # checked before the next trial starts
         self._model = inputs
         return f"models:/{inputs.model_id}" if inputs.model_id else None
+
+    def create_model(self, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+        """Create this run's LoggedModel (its artifacts come with :meth:`log_model`); return
+        its id."""
+        with self.store_errors("creating the model"):
+            logged = self.tracker.client.create_logged_model(
+                experiment_id=self.tracker.experiment_id,
+                name="model",
+                source_run_id=self.run_id,
+                params=dict(params),
+                tags=dict(tags),
+            )
+        return str(logged.model_id)
 
     # -- artifacts ------------------------------------------------------------------------------
     def log_figure(self, figure: Figure | bytes, artifact_file: str) -> None:

@@ -68,6 +68,18 @@ def start(root: Path, spec: Path, storage: str, uri: str, outage: float) -> subp
     )
 
 
+def hpo(root: Path, *args: str, outage: float) -> subprocess.CompletedProcess[str]:
+    """Run ``hpo ARGS`` in ``root`` to its end, with the study's spool and outage limit."""
+    return subprocess.run(
+        [*HPO, *args],
+        cwd=root,
+        env=env(root, outage),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def wait_for(condition: object, what: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
@@ -166,13 +178,8 @@ def test_a_server_away_too_long_stops_the_worker_and_sync_sends_the_runs(
         assert len(jobs) == 1
 
         server.start()
-        sync = subprocess.run(
-            [*HPO, "sync", "away", "--storage", storage, "--tracking-uri", server.url],
-            cwd=tmp_path,
-            env=env(tmp_path, outage=30),
-            capture_output=True,
-            text=True,
-            timeout=300,
+        sync = hpo(
+            tmp_path, "sync", "away", "--storage", storage, "--tracking-uri", server.url, outage=30
         )
         assert sync.returncode == 0, sync.stderr
         assert "sent 1 of 1 trial runs" in sync.stdout
@@ -230,14 +237,10 @@ def test_an_unwritable_artifact_directory_fails_the_runs_not_the_study(tmp_path:
     )
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = subprocess.run(
-        [*HPO, "study", "start", str(spec), "-q", "--storage", storage, "--tracking-uri", tracking],
-        cwd=tmp_path,
-        env=env(tmp_path, outage=5),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = hpo(
+        tmp_path, "study", "start", str(spec), "-q",
+        "--storage", storage, "--tracking-uri", tracking, outage=5,
+    )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     assert run.stderr.count("the run is marked FAILED, the trial's result is saved") == 2
@@ -255,14 +258,7 @@ def test_an_unwritable_artifact_directory_fails_the_runs_not_the_study(tmp_path:
     assert len(list((tmp_path / "spool" / "disk").iterdir())) == 2
 
     (tmp_path / "mlartifacts").unlink()  # the disk is fixed
-    sync = subprocess.run(
-        [*HPO, "sync", "disk", "--storage", storage, "--tracking-uri", tracking],
-        cwd=tmp_path,
-        env=env(tmp_path, outage=5),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    sync = hpo(tmp_path, "sync", "disk", "--storage", storage, "--tracking-uri", tracking, outage=5)
     assert sync.returncode == 0, sync.stderr
     assert "sent 2 of 2 trial runs" in sync.stdout
     children = [client.get_run(r.info.run_id) for r in children]
