@@ -71,7 +71,7 @@ SENDER_PROBES: list[tuple[str, str, str]] = [
     ("plots.figures", "hpo.tracking.plots", "roc_figure"),
     ("plots.figures", "hpo.tracking.plots", "learning_curves_figure"),
     ("plots.figures", "hpo.tracking.plots", "prediction_distribution_figure"),
-    ("plots.render_png", "hpo.tracking.plots", "figure_png"),
+    ("plots.upload", "hpo.tracking.runs:TrialRun", "log_images"),
     ("model", "hpo.tracking.runs:TrialRun", "log_model"),
     ("model.torch_export", "torch.export", "export"),
     ("end_run", "hpo.tracking.finisher:_Sender", "_send_end"),

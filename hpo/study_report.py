@@ -65,8 +65,9 @@ PLOTS_DIR = "plots"
 #: The parent run's artifact folder for the report.
 ARTIFACT_PATH = "study_report"
 #: The best trial's plots that :func:`fetch_best_run_plots` fetches from its run (see
-#: :meth:`hpo.tracking.runs.TrialRun.log_plots`), in the order the report shows them.
-BEST_RUN_PLOTS = ("confusion_matrix.png", "roc_curves.png", "learning_curves.png")
+#: :meth:`hpo.tracking.runs.TrialRun.log_plots`), in the order the report shows them. Runs
+#: logged before the plots became SVG have PNGs of the same names: those are taken instead.
+BEST_RUN_PLOTS = ("confusion_matrix.svg", "roc_curves.svg", "learning_curves.svg")
 #: Trial user attributes shown as the best trial's metrics (what the objective records).
 _METRIC_PREFIXES = ("val_", "test_", "train_", "n_params", "samples_per_second")
 #: Characters kept of a failed or pruned trial's reason in the trials table.
@@ -118,7 +119,7 @@ def write_study_report(
     """Write the study's report under ``out_dir`` (created if needed) and list what it wrote.
 
     ``metric_names``: the objectives' names, in the study's order (``["val_accuracy"]``).
-    ``best_run_plots``: PNG bytes by file name (``confusion_matrix.png`` …) of the best trial's
+    ``best_run_plots``: SVG or PNG bytes by file name (``confusion_matrix.svg`` …) of the best trial's
     run, embedded in the page (:func:`fetch_best_run_plots` gets them from MLflow).
     ``chance``: the chance-level check (:mod:`hpo.insights`), shown in the summary when given.
     ``plot_html``: also write each figure as its own interactive HTML file (see the module doc).
@@ -189,7 +190,7 @@ def log_study_report(
 
 
 def fetch_best_run_plots(study: optuna.Study, tracker: StudyTracker) -> dict[str, bytes]:
-    """The PNGs of the best trial's run (:data:`BEST_RUN_PLOTS`), for ``best_run_plots``.
+    """The plots of the best trial's run (:data:`BEST_RUN_PLOTS`), for ``best_run_plots``.
 
     Multi-objective: the lowest-numbered trial of the Pareto front. Whatever is missing (no
     complete trial, no run id, a run logged without plots, an unreachable store) is left out:
@@ -204,11 +205,13 @@ def fetch_best_run_plots(study: optuna.Study, tracker: StudyTracker) -> dict[str
     images: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="hpo-best-plots-") as tmp:
         for name in BEST_RUN_PLOTS:
-            try:
-                local = tracker.client.download_artifacts(run_id, name, tmp)
-                images[name] = Path(local).read_bytes()
-            except Exception:  # a missing plot only leaves it out of the report
-                continue
+            for candidate in (name, str(Path(name).with_suffix(".png"))):
+                try:
+                    local = tracker.client.download_artifacts(run_id, candidate, tmp)
+                except Exception:  # a missing plot only leaves it out of the report
+                    continue
+                images[candidate] = Path(local).read_bytes()
+                break
     return images
 
 
@@ -717,8 +720,10 @@ def _trials_table(trials: list[FrozenTrial], names: list[str], best: set[int]) -
 
 
 def _img(data: bytes, alt: str) -> str:
+    """An ``<img>`` of PNG or SVG bytes (told apart by their content), embedded as a data URI."""
     encoded = base64.b64encode(data).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+    mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/svg+xml"
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{encoded}">'
 
 
 def _params_text(params: Mapping[str, Any]) -> str:

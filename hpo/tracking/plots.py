@@ -1,14 +1,14 @@
 """The figures attached to every trial run: confusion matrix, ROC curves, learning curves, the
 distribution of predicted classes by epoch, and (for data with two features) the decision boundary.
 
-Figures are built with the object-oriented API (``matplotlib.figure.Figure`` rendered by
-``FigureCanvasAgg``), never ``pyplot``: pyplot keeps global state (a current figure, a backend
-chosen at import) that is not thread-safe and costs import time, and a trial has no GUI. Each
-figure is small (about 5x4 inches at 100 dpi) and laid out with fixed margins (a layout engine
-doubles the rendering time). Measured on 2 CPU cores, building and encoding the three figures of
-a 10-class problem takes ~0.27 s (confusion 0.10, ROC 0.08, learning curves 0.09), a binary one
-~0.2 s. Rendering them in a background thread while the next trial trains saves nothing: both are
-bound by the GIL (measured: 0.40 s serial, 0.41-0.45 s overlapped).
+The first four are SVG documents written by :mod:`hpo.tracking.svg` (returned as ``str``, logged
+as ``.svg`` artifacts that MLflow's UI shows as images): every trial draws them on the CPU that
+trains, and matplotlib took 0.64 s for the four plots of a 10-class trial on 2 cores (building
+0.31 s, Agg rendering with FreeType text 0.32 s) where the SVG writer takes a few milliseconds
+(``benchmarks/overhead.py`` measures both). The decision boundary, drawn only for 2-feature data,
+is a raster of 22,500 predictions with contour lines: that one is a matplotlib figure rendered to
+PNG by :func:`figure_png`, built with the object-oriented API (``Figure`` + ``FigureCanvasAgg``),
+never ``pyplot``, whose global state is not thread-safe. matplotlib is imported only for it.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Colormap
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-from matplotlib.ticker import MaxNLocator
+
+from hpo.tracking import svg
+from hpo.tracking.svg import Axes, LegendEntry, Svg
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Rendering resolution; 100 dpi keeps a 5x4 figure at ~500x400 px, plenty for the MLflow UI.
 DPI = 100
@@ -35,6 +36,8 @@ MAX_LEGEND_CLASSES = 20
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     """Render ``fig`` to PNG bytes with the Agg canvas (no pyplot, no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)  # attaches itself to the figure
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
@@ -45,8 +48,8 @@ def confusion_matrix_figure(
     y_true: np.ndarray | Sequence[int],
     y_pred: np.ndarray | Sequence[int],
     classes: Sequence[str],
-) -> Figure:
-    """Counts in each cell, coloured by the row-normalised rate (per-class recall).
+) -> str:
+    """Counts in each cell, coloured by the row-normalised rate (per-class recall); SVG text.
 
     Colouring by rate rather than count keeps small classes visible next to large ones; the
     printed counts keep the absolute numbers. Labels are integers in ``[0, len(classes))``.
@@ -59,60 +62,75 @@ def confusion_matrix_figure(
     rates = counts / np.maximum(totals, 1)
     accuracy = float(np.trace(counts) / max(counts.sum(), 1))
 
-    side = min(4.0 + 0.18 * max(n - 6, 0), 10.0)  # grows with the class count, capped
-    fig = Figure(figsize=(side + 1.0, side), dpi=DPI)
-    # Fixed margins, not a layout engine: constrained/tight layout doubles the rendering time.
-    ax = fig.add_axes((0.2, 0.2, 0.62, 0.7))
-    cax = fig.add_axes((0.86, 0.2, 0.03, 0.7))
-    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    colorbar = fig.colorbar(image, cax=cax)
-    colorbar.set_label("fraction of the true class", fontsize=8)
-    colorbar.ax.tick_params(labelsize=7)
-
+    side = min(4.0 + 0.18 * max(n - 6, 0), 10.0) * DPI  # grows with the class count, capped
+    doc = Svg(side + DPI, side, "Confusion matrix")
+    matrix = side * 0.7
+    cell = matrix / max(n, 1)
+    left, top = (side + DPI) * 0.2, side * 0.1
+    ax = Axes(doc, (left, top, matrix, matrix), (-0.5, n - 0.5), (n - 0.5, -0.5))
     labels = _short_labels(classes)
-    ticks = np.arange(n)
-    tick_size = 8 if n <= 10 else 6
-    ax.set_xticks(ticks, labels, fontsize=tick_size, rotation=45 if n > 4 else 0, ha="right")
-    ax.set_yticks(ticks, labels, fontsize=tick_size)
-    if n > 4:
-        # Right-aligned rotated labels end under their column.
-        for label in ax.get_xticklabels():
-            label.set_rotation_mode("anchor")
-    ax.set_xlabel("predicted class", fontsize=9)
-    ax.set_ylabel("true class", fontsize=9)
-    ax.set_title(f"Confusion matrix (validation, accuracy {accuracy:.3f})", fontsize=10, y=1.0)
-
-    # Counts are unreadable past ~25 classes; the colours still tell the story.
-    if n <= 25:
-        size = 9 if n <= 5 else 7 if n <= 10 else 5
+    count_size = 9 if n <= 5 else 7 if n <= 10 else 5
+    with doc.group("cells"):
         for i in range(n):
             for j in range(n):
-                ax.text(
-                    j,
-                    i,
-                    str(counts[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=size,
-                    color="white" if rates[i, j] > 0.5 else "black",
-                )
-    return fig
+                color = svg.interpolate(svg.BLUES, rates[i, j])
+                doc.rect(left + j * cell, top + i * cell, cell, cell, color)
+    # Counts are unreadable past ~25 classes; the colours still tell the story.
+    if n <= 25:
+        with doc.group("counts"):
+            for i in range(n):
+                for j in range(n):
+                    ink = "#ffffff" if rates[i, j] > 0.5 else "#000000"
+                    x, y = left + (j + 0.5) * cell, top + (i + 0.5) * cell
+                    doc.text(x, y, str(counts[i, j]), count_size, "middle", ink, css_class="count")
+    ax.frame()
+    tick_size = 8 if n <= 10 else 6
+    ticks = [float(k) for k in range(n)]
+    ax.xticks(ticks, labels, tick_size, rotate=n > 4)
+    ax.yticks(ticks, labels, tick_size)
+    longest = max((svg.text_width(label, tick_size) for label in labels), default=0.0)
+    below = longest * 0.71 + 18 if n > 4 else 2 * tick_size + 14
+    ax.xlabel("predicted class", offset=below)
+    ax.ylabel("true class", offset=longest + 16)
+    ax.title(f"Confusion matrix (validation, accuracy {accuracy:.3f})")
+
+    # The colour bar: the rate scale, light (0) to dark (1).
+    bar_left = left + matrix + 0.05 * (side + DPI)
+    bar = Axes(doc, (bar_left, top, 0.03 * (side + DPI), matrix), (0.0, 1.0), (0.0, 1.0))
+    stops = "".join(
+        f'<stop offset="{k / (len(svg.BLUES) - 1):.3f}" stop-color="{c}"/>'
+        for k, c in enumerate(svg.BLUES)
+    )
+    doc.add(
+        f'<defs><linearGradient id="rate" x1="0" y1="1" x2="0" y2="0">{stops}</linearGradient>'
+        "</defs>"
+    )
+    doc.rect(bar.left, bar.top, bar.width, bar.height, "url(#rate)", stroke="#000000")
+    scale = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    with doc.group("colorbar"):
+        for value in scale:
+            y = bar.py(value)
+            doc.line(bar.right, y, bar.right + 3.5, y, "#000000", 0.8)
+            doc.text(bar.right + 5, y, f"{value:.1f}", 7)
+        doc.text(
+            bar.right + 28, bar.top + bar.height / 2, "fraction of the true class", 8, "middle",
+            rotate=-90,
+        )  # fmt: skip
+    return doc.render()
 
 
 def roc_figure(
     y_true: np.ndarray | Sequence[int],
     proba: np.ndarray,
     classes: Sequence[str],
-) -> Figure:
-    """ROC curves with their AUC in the legend.
+) -> str:
+    """ROC curves with their AUC in the legend; SVG text.
 
     Binary problems get one curve, for the positive class (``classes[1]``). Multi-class problems
     get one one-vs-rest curve per class plus the micro-average (every (sample, class) decision
     pooled) and the macro-average (the mean of the per-class curves on a common FPR grid). A
     class absent from ``y_true`` has no ROC curve; it is named in the legend as such.
     """
-    from sklearn.metrics import auc, roc_curve
-
     truth = np.asarray(y_true, dtype=np.int64).ravel()
     scores = np.asarray(proba, dtype=np.float64)
     n = len(classes)
@@ -120,118 +138,214 @@ def roc_figure(
         scores = np.column_stack([1.0 - scores, scores])
 
     # A 10-class legend needs a little more room than a binary one.
-    fig = Figure(figsize=(5.0, 4.2) if n <= 8 else (5.6, 4.8), dpi=DPI)
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.93)
-    ax = fig.add_subplot()
-    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1, label="chance (AUC 0.5)")
+    width, height = (500.0, 420.0) if n <= 8 else (560.0, 480.0)
+    doc = Svg(width, height, "ROC curves")
+    box = (0.12 * width, 0.07 * height, 0.85 * width, 0.82 * height)
+    ax = Axes(doc, box, (-0.01, 1.0), (0.0, 1.01))
+    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    ax.grid(ticks, ticks)
+    legend: list[LegendEntry] = [LegendEntry("chance (AUC 0.5)", "#808080", "dotted", 1.0)]
+    ax.series([0.0, 1.0], [0.0, 1.0], "#808080", "chance", 1.0, "1.5,2")
 
     if not np.isfinite(scores).all():
         # A model that blew up in its last step: say so instead of failing the trial over a plot.
-        ax.text(0.5, 0.5, "no ROC: the predicted\nprobabilities are not finite", ha="center")
+        ax.note("no ROC: the predicted\nprobabilities are not finite")
     elif n == 2:
         positive = truth == 1
+        name = _short(classes[1])
         if positive.all() or not positive.any():
-            ax.plot([], [], " ", label=f"{_short(classes[1])}: needs both classes")
+            legend.append(LegendEntry(f"{name}: needs both classes", swatch="none"))
         else:
-            fpr, tpr, _ = roc_curve(positive, scores[:, 1])
-            ax.plot(fpr, tpr, linewidth=2, label=f"{_short(classes[1])} (AUC {auc(fpr, tpr):.3f})")
+            fpr, tpr = roc_curve(positive, scores[:, 1])
+            ax.series(fpr, tpr, svg.TAB10[0], name, 2.0)
+            legend.append(LegendEntry(f"{name} (AUC {auc(fpr, tpr):.3f})", svg.TAB10[0], width=2))
     else:
-        colors = _class_colors(n)
+        colors = svg.class_colors(n)
         onehot = truth[:, None] == np.arange(n)[None, :]
         grid = np.linspace(0.0, 1.0, 201)
         curves: list[np.ndarray] = []
         for k in range(n):
-            label = _short(classes[k])
+            name = _short(classes[k])
             if onehot[:, k].all() or not onehot[:, k].any():
-                ax.plot([], [], " ", label=f"{label}: no samples")
+                legend.append(LegendEntry(f"{name}: no samples", swatch="none"))
                 continue
-            fpr, tpr, _ = roc_curve(onehot[:, k], scores[:, k])
+            fpr, tpr = roc_curve(onehot[:, k], scores[:, k])
             curves.append(np.interp(grid, fpr, tpr))
-            ax.plot(
-                fpr,
-                tpr,
-                linewidth=1,
-                alpha=0.8,
-                color=colors[k],
-                label=f"{label} (AUC {auc(fpr, tpr):.3f})",
-            )
-        fpr, tpr, _ = roc_curve(onehot.ravel(), scores.ravel())
-        ax.plot(
-            fpr,
-            tpr,
-            linewidth=2,
-            linestyle="--",
-            color="deeppink",
-            label=f"micro-average (AUC {auc(fpr, tpr):.3f})",
+            ax.series(fpr, tpr, colors[k], name, 1.0, opacity=0.8)
+            legend.append(LegendEntry(f"{name} (AUC {auc(fpr, tpr):.3f})", colors[k], width=1))
+        fpr, tpr = roc_curve(onehot.ravel(), scores.ravel())
+        ax.series(fpr, tpr, "#ff1493", "micro-average", 2.0, "5,2")
+        legend.append(
+            LegendEntry(f"micro-average (AUC {auc(fpr, tpr):.3f})", "#ff1493", "dashed", 2)
         )
         if curves:
             mean_tpr = np.mean(curves, axis=0)
             mean_tpr[0] = 0.0
-            ax.plot(
-                grid,
-                mean_tpr,
-                linewidth=2,
-                linestyle="--",
-                color="navy",
-                label=f"macro-average (AUC {auc(grid, mean_tpr):.3f})",
-            )
+            ax.series(grid, mean_tpr, "#000080", "macro-average", 2.0, "5,2")
+            macro = f"macro-average (AUC {auc(grid, mean_tpr):.3f})"
+            legend.append(LegendEntry(macro, "#000080", "dashed", 2))
 
-    ax.set_xlim(-0.01, 1.0)
-    ax.set_ylim(0.0, 1.01)
-    ax.set_xlabel("false positive rate", fontsize=9)
-    ax.set_ylabel("true positive rate", fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.set_title("ROC curves (validation)", fontsize=10, y=1.0)
+    ax.frame()
+    ax.xticks(ticks)
+    ax.yticks(ticks)
+    ax.xlabel("false positive rate", offset=24)
+    ax.ylabel("true positive rate", offset=32)
+    ax.title("ROC curves (validation)")
     # The lower right is where ROC curves are not; 10+ entries need a small font and 2 columns.
-    entries = len(ax.get_legend_handles_labels()[1])
     ax.legend(
-        loc="lower right",
-        fontsize=7 if entries <= 6 else 6,
-        ncol=1 if entries <= 8 else 2,
-        framealpha=0.85,
-        handlelength=1.5,
-        columnspacing=0.8,
+        legend,
+        "lower right",
+        size=7 if len(legend) <= 6 else 6,
+        columns=1 if len(legend) <= 8 else 2,
     )
-    return fig
+    return doc.render()
 
 
-def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
-    """Two panels, loss and accuracy, each train vs validation by epoch.
+def learning_curves_figure(history: Sequence[dict[str, float]]) -> str:
+    """Two panels, loss and accuracy, each train vs validation by epoch; SVG text.
 
     ``history`` holds one dict per epoch as the training loop reports it (``epoch``,
     ``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``); a missing ``epoch`` is
     taken as the position (from 1), a missing metric is simply not drawn.
     """
     epochs = [float(row.get("epoch", i + 1)) for i, row in enumerate(history)]
-    fig = Figure(figsize=(8.0, 3.4), dpi=DPI)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.85, wspace=0.22)
-    axes = fig.subplots(1, 2)
-    marker = "o" if len(epochs) <= 30 else None
-    for ax, what in zip(axes, ("loss", "accuracy"), strict=True):
-        for split, color in (("train", "tab:blue"), ("val", "tab:orange")):
-            key = f"{split}_{what}"
-            values = [_number(row.get(key)) for row in history]
-            if all(math.isnan(v) for v in values):
-                continue
-            ax.plot(
-                epochs,
-                values,
-                marker=marker,
-                markersize=3,
-                linewidth=1.5,
-                color=color,
-                label="train" if split == "train" else "validation",
-            )
-        ax.set_title(what, fontsize=10, y=1.0)
-        ax.set_xlabel("epoch", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        # Whole epochs only; a tick per epoch would cost ~20 ms more per figure.
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle("Learning curves", fontsize=11)
-    return fig
+    width, height = 800.0, 340.0
+    doc = Svg(width, height, "Learning curves")
+    doc.text(width / 2, 0.06 * height, "Learning curves", 11, "middle", css_class="suptitle")
+    panel = 0.91 * width / 2.22  # two panels with 0.22 of a panel between them
+    xlim = svg.padded_range(epochs)
+    xticks = [t for t in svg.nice_ticks(*xlim, target=8, integer=True) if xlim[0] <= t <= xlim[1]]
+    markers = len(epochs) <= 30
+    for i, what in enumerate(("loss", "accuracy")):
+        lines = {
+            split: [_number(row.get(f"{split}_{what}")) for row in history]
+            for split in ("train", "val")
+        }
+        drawn = {k: v for k, v in lines.items() if not all(math.isnan(x) for x in v)}
+        ylim = svg.padded_range([v for values in drawn.values() for v in values])
+        left = 0.07 * width + i * 1.22 * panel
+        ax = Axes(doc, (left, 0.15 * height, panel, 0.71 * height), xlim, ylim)
+        yticks = [t for t in svg.nice_ticks(*ylim, target=6) if ylim[0] <= t <= ylim[1]]
+        ax.grid(xticks, yticks)
+        legend: list[LegendEntry] = []
+        for split, color in (("train", svg.TAB10[0]), ("val", svg.TAB10[1])):
+            if split in drawn:
+                label = "train" if split == "train" else "validation"
+                ax.series(epochs, drawn[split], color, label, 1.5, markers=markers)
+                legend.append(LegendEntry(label, color))
+        ax.frame()
+        ax.xticks(xticks)
+        ax.yticks(yticks)
+        ax.title(what)
+        ax.xlabel("epoch", offset=26)
+        # Loss falls and accuracy rises: the empty corner is upper right for one, lower for the other.
+        ax.legend(legend, "upper right" if what == "loss" else "lower right", size=8)
+    return doc.render()
+
+
+def prediction_distribution_figure(
+    counts: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    y_true: np.ndarray | Sequence[int] | None = None,
+) -> str:
+    """How the validation predictions spread over the classes, epoch by epoch; SVG text.
+
+    ``counts`` holds one row per epoch (from 1) of predicted-class counts, as the training loop
+    records them (``TrainResult.val_prediction_counts``). The main panel stacks each class's share
+    of the predictions (each band's ``data-top`` holds its top edge per epoch); with ``y_true`` a
+    bar at the right shows the labels' own shares, which a good model approaches and a collapsed
+    one (everything predicted as one class) does not.
+    """
+    n = len(classes)
+    table = np.asarray(counts, dtype=np.float64).reshape(-1, n) if len(counts) else np.zeros((0, n))
+    totals = np.maximum(table.sum(axis=1, keepdims=True), 1.0)
+    shares = table / totals
+    tops = np.cumsum(shares, axis=1)
+    epochs = list(range(1, len(table) + 1))
+    colors = svg.class_colors(n)
+    labels = _short_labels(classes)
+
+    width, height = 700.0, 380.0
+    doc = Svg(width, height, "Predicted classes by epoch")
+    right = 0.74 if y_true is not None else 0.8
+    box = (0.09 * width, 0.11 * height, (right - 0.09) * width, 0.76 * height)
+    several = len(epochs) > 1
+    xlim = (1.0, float(len(epochs))) if several else (0.5, 1.5)
+    ax = Axes(doc, box, xlim, (0.0, 1.0))
+    with doc.group("bands"):
+        for k in range(n if epochs else 0):
+            top = tops[:, k]
+            bottom = tops[:, k - 1] if k else np.zeros(len(epochs))
+            data = {"data_label": labels[k], "data_top": " ".join(f"{v:.4g}" for v in top)}
+            if several:
+                upper = [(ax.px(e), ax.py(v)) for e, v in zip(epochs, top, strict=True)]
+                lower = [(ax.px(e), ax.py(v)) for e, v in zip(epochs, bottom, strict=True)]
+                doc.polygon(upper + lower[::-1], colors[k], "band", **data)
+            else:
+                # One epoch has no area to stack: draw it as a bar.
+                x0, x1 = ax.px(0.7), ax.px(1.3)
+                y0, y1 = ax.py(top[0]), ax.py(bottom[0])
+                doc.rect(x0, y0, x1 - x0, y1 - y0, colors[k], css_class="band", **data)
+    ax.frame()
+    xticks = (
+        [t for t in svg.nice_ticks(*xlim, target=8, integer=True) if xlim[0] <= t <= xlim[1]]
+        if several
+        else [1.0]
+    )
+    ax.xticks(xticks)
+    ax.yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.xlabel("epoch", offset=26)
+    ax.ylabel("share of validation predictions", offset=34)
+    ax.title("Predicted classes by epoch (validation)")
+
+    if y_true is not None:
+        truth = np.asarray(y_true, dtype=np.int64).ravel()
+        true_shares = np.bincount(truth, minlength=n)[:n] / max(len(truth), 1)
+        bar = Axes(doc, ((right + 0.015) * width, box[1], 0.05 * width, box[3]), (0, 1), (0, 1))
+        bottom_share = 0.0
+        with doc.group("labels-bar"):
+            for k in range(n):
+                y0, y1 = bar.py(bottom_share + true_shares[k]), bar.py(bottom_share)
+                share = f"{true_shares[k]:.4g}"
+                doc.rect(
+                    bar.left, y0, bar.width, y1 - y0, colors[k], css_class="share", data_share=share
+                )
+                bottom_share += true_shares[k]
+        bar.frame()
+        doc.text(bar.left + bar.width / 2, bar.bottom + 10, "labels", 8, "middle")
+    if n > MAX_LEGEND_CLASSES:
+        return doc.render()  # a legend that long is unreadable; the colours run along viridis
+    entries = [LegendEntry(labels[k], colors[k], "box") for k in range(n)]
+    at = ((right + (0.08 if y_true is not None else 0.01)) * width, box[1])
+    ax.legend(entries, size=7, title="class", at=at, frame=False)
+    return doc.render()
+
+
+# -- ROC without scikit-learn's input checks -----------------------------------------------------
+def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates at every distinct score, from (0, 0) to (1, 1): the
+    curve of ``sklearn.metrics.roc_curve`` (intermediate points dropped as it does), checked
+    against it in the tests. ``positive`` is boolean; both classes must occur."""
+    order = np.argsort(-score, kind="mergesort")
+    hits = np.asarray(positive, dtype=bool)[order]
+    ranked = score[order]
+    # The last index of each run of equal scores: a threshold between distinct scores.
+    last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    tps = np.cumsum(hits)[last]
+    fps = (last + 1) - tps
+    # Keep the corners only (scikit-learn's drop_intermediate): a point on a straight stretch
+    # adds nothing to the curve or its area, and large validation sets have thousands of them.
+    if len(tps) > 2:
+        corners = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        tps, fps = tps[corners], fps[corners]
+    tpr = np.r_[0.0, tps / max(tps[-1], 1)]
+    fpr = np.r_[0.0, fps / max(fps[-1], 1)]
+    return fpr, tpr
+
+
+def auc(x: np.ndarray, y: np.ndarray) -> float:
+    """Area under a curve by the trapezoidal rule (x increasing)."""
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
 
 
 #: Grid points per axis of the decision-boundary figure: 150 x 150 = 22,500 predictions (one
@@ -260,6 +374,7 @@ def decision_boundary_figure(
     are filled circles, validation points (if given) outlined squares.
     """
     from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
 
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != 2:
@@ -359,75 +474,6 @@ def decision_boundary_figure(
     return fig
 
 
-def prediction_distribution_figure(
-    counts: Sequence[Sequence[int]],
-    classes: Sequence[str],
-    y_true: np.ndarray | Sequence[int] | None = None,
-) -> Figure:
-    """How the validation predictions spread over the classes, epoch by epoch.
-
-    ``counts`` holds one row per epoch (from 1) of predicted-class counts, as the training loop
-    records them (``TrainResult.val_prediction_counts``). The main panel stacks each class's share
-    of the predictions; with ``y_true`` a bar at the right shows the labels' own shares, which a
-    good model approaches and a collapsed one (everything predicted as one class) does not.
-    """
-    n = len(classes)
-    table = np.asarray(counts, dtype=np.float64).reshape(-1, n) if len(counts) else np.zeros((0, n))
-    totals = np.maximum(table.sum(axis=1, keepdims=True), 1.0)
-    shares = table / totals
-    epochs = np.arange(1, len(table) + 1)
-    colors = _class_colors(n)
-
-    fig = Figure(figsize=(7.0, 3.8), dpi=DPI)
-    right = 0.74 if y_true is not None else 0.8
-    ax = fig.add_axes((0.09, 0.13, right - 0.09, 0.76))
-    labels = _short_labels(classes)
-    if len(epochs) > 1:
-        ax.stackplot(epochs, shares.T, colors=colors, linewidth=0.3, edgecolor="white")
-        ax.set_xlim(1, len(epochs))
-    else:
-        # One epoch (or none) has no area to stack: draw it as a bar.
-        bottom = 0.0
-        for k in range(n if len(epochs) else 0):
-            ax.bar([1], [shares[0, k]], bottom=bottom, color=colors[k], width=0.6)
-            bottom += shares[0, k]
-        ax.set_xlim(0.5, 1.5)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("epoch", fontsize=9)
-    ax.set_ylabel("share of validation predictions", fontsize=9)
-    ax.tick_params(labelsize=8)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("Predicted classes by epoch (validation)", fontsize=10, y=1.0)
-
-    if y_true is not None:
-        truth = np.asarray(y_true, dtype=np.int64).ravel()
-        true_shares = np.bincount(truth, minlength=n)[:n] / max(len(truth), 1)
-        bar = fig.add_axes((right + 0.015, 0.13, 0.05, 0.76))
-        bottom = 0.0
-        for k in range(n):
-            bar.bar([0], [true_shares[k]], bottom=bottom, color=colors[k], width=1.0)
-            bottom += true_shares[k]
-        bar.set_xlim(-0.5, 0.5)
-        bar.set_ylim(0.0, 1.0)
-        bar.set_xticks([0], ["labels"], fontsize=8)
-        bar.set_yticks([])
-    if n > MAX_LEGEND_CLASSES:
-        return fig  # a legend that long is unreadable; the colours run along viridis
-    handles = [Rectangle((0, 0), 1, 1, facecolor=colors[k], edgecolor="none") for k in range(n)]
-    fig.legend(
-        handles,
-        labels,
-        loc="center left",
-        bbox_to_anchor=(right + (0.08 if y_true is not None else 0.01), 0.51),
-        fontsize=7,
-        frameon=False,
-        handlelength=1.0,
-        title="class",
-        title_fontsize=8,
-    )
-    return fig
-
-
 # -- helpers -----------------------------------------------------------------------------------
 def _number(value: Any) -> float:
     try:
@@ -445,16 +491,6 @@ def _short_labels(classes: Sequence[object]) -> list[str]:
     return [_short(c) for c in classes]
 
 
-def _class_colors(n: int) -> list[Any]:
-    """Distinct colours: tab10 up to 10 classes, tab20 up to 20, a continuous map beyond."""
-    from matplotlib import colormaps
-
-    cmap: Colormap
-    if n <= 10:
-        cmap = colormaps["tab10"]
-        return [cmap(i) for i in range(n)]
-    if n <= 20:
-        cmap = colormaps["tab20"]
-        return [cmap(i) for i in range(n)]
-    cmap = colormaps["viridis"]
-    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+def _class_colors(n: int) -> list[str]:
+    """Distinct colours as hex: tab10 up to 10 classes, tab20 up to 20, viridis beyond."""
+    return svg.class_colors(n)

@@ -810,20 +810,26 @@ class TrialRun:
         return str(logged.model_id)
 
     # -- artifacts ------------------------------------------------------------------------------
-    def log_figure(self, figure: Figure | bytes, artifact_file: str) -> None:
-        """Log a figure (rendered to PNG) or PNG bytes as ``artifact_file`` (e.g. ``roc.png``)."""
-        self.log_pngs({artifact_file: figure})
+    def log_figure(self, figure: Figure | bytes | str, artifact_file: str) -> None:
+        """Log one figure as ``artifact_file``: a matplotlib figure (rendered to PNG), the bytes of
+        an image, or an SVG document as text (``roc.svg``)."""
+        self.log_images({artifact_file: figure})
 
-    def log_pngs(self, images: Mapping[str, Figure | bytes]) -> None:
-        """Log several PNGs in one artifact upload (one call, not one per file)."""
-        from hpo.tracking.plots import figure_png
-
+    def log_images(self, images: Mapping[str, Figure | bytes | str]) -> None:
+        """Log several images in one artifact upload (one call, not one per file): matplotlib
+        figures are rendered to PNG, text (SVG) is written as UTF-8, bytes as they are."""
         with tempfile.TemporaryDirectory(prefix="hpo-plots-") as tmp:
             for name, image in images.items():
-                data = image if isinstance(image, bytes) else figure_png(image)
                 path = Path(tmp, name)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+                if isinstance(image, str):
+                    path.write_text(image, encoding="utf-8")
+                elif isinstance(image, bytes):
+                    path.write_bytes(image)
+                else:
+                    from hpo.tracking.plots import figure_png
+
+                    path.write_bytes(figure_png(image))
             with _tracking_errors(
                 f"uploading plots of run {self.run_id}", self.tracker.tracking_uri
             ):
@@ -841,29 +847,29 @@ class TrialRun:
         feature_names: Sequence[str] | None = None,
         predict_proba: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        """Draw and log the plots of a trial: ``confusion_matrix.png``, ``roc_curves.png``,
-        ``learning_curves.png``; ``prediction_distribution.png`` with ``prediction_counts`` (the
-        loop's per-epoch predicted-class counts); ``decision_boundary.png`` with ``boundary``
-        (:func:`boundary_inputs`) and ``predict_proba`` (the trained model on float32 rows).
+        """Draw and log the plots of a trial (SVG but the boundary): ``confusion_matrix.svg``,
+        ``roc_curves.svg``, ``learning_curves.svg``; ``prediction_distribution.svg`` with
+        ``prediction_counts`` (the loop's per-epoch predicted-class counts);
+        ``decision_boundary.png`` with ``boundary`` (:func:`boundary_inputs`) and
+        ``predict_proba`` (the trained model on float32 rows).
 
-        Measured around this call on 2 shared CPU cores (local SQLite store, median of 8): the
-        prediction distribution adds 60-135 ms to a 10-class trial (digits; the three other plots
-        take 490-570 ms there); on 2-D moons the two new plots add 280-290 ms to 330-350 ms, the
-        boundary's 22,500 grid predictions by a small MLP taking 3 ms of it. The finisher draws
-        them while the next trial trains.
+        Measured on 2 shared CPU cores (``benchmarks/overhead.py``, 10-class reference trial):
+        the four SVG plots take a few ms where the same plots drawn with matplotlib took
+        0.64 s; the decision boundary (2-D data only, matplotlib) takes ~0.2 s, its 22,500 grid
+        predictions by a small MLP 3 ms of it.
         """
         import numpy as np
 
         from hpo.tracking import plots
 
         y_pred = np.asarray(proba).argmax(axis=1)
-        figures: dict[str, Figure] = {
-            "confusion_matrix.png": plots.confusion_matrix_figure(y_true, y_pred, classes),
-            "roc_curves.png": plots.roc_figure(y_true, proba, classes),
-            "learning_curves.png": plots.learning_curves_figure(list(history)),
+        figures: dict[str, Figure | str] = {
+            "confusion_matrix.svg": plots.confusion_matrix_figure(y_true, y_pred, classes),
+            "roc_curves.svg": plots.roc_figure(y_true, proba, classes),
+            "learning_curves.svg": plots.learning_curves_figure(list(history)),
         }
         if prediction_counts:
-            figures["prediction_distribution.png"] = plots.prediction_distribution_figure(
+            figures["prediction_distribution.svg"] = plots.prediction_distribution_figure(
                 prediction_counts, classes, y_true
             )
         if boundary is not None and predict_proba is not None:
@@ -876,7 +882,7 @@ class TrialRun:
                 y_val=boundary["y_val"],
                 feature_names=feature_names,
             )
-        self.log_pngs(figures)
+        self.log_images(figures)
 
     def log_model(
         self,

@@ -56,7 +56,7 @@ def check_digits(
 ) -> None:
     for trial in ran:
         names = artifacts(client, trial.user_attrs["mlflow_run_id"])
-        assert {"prediction_distribution.png", "confusion_matrix.png"} <= names
+        assert {"prediction_distribution.svg", "confusion_matrix.svg"} <= names
         assert "decision_boundary.png" not in names  # 64 features: no boundary to draw
 
 
@@ -83,7 +83,7 @@ def check_learnable(
     learnable = client.get_run(ran[0].user_attrs["mlflow_run_id"])
     for key in ("act1_k0", "act1_k1", "act2_k0", "act2_k1", "val_f1"):
         assert key in learnable.data.metrics, key
-    assert "learning_curves.png" in artifacts(client, learnable.info.run_id)
+    assert "learning_curves.svg" in artifacts(client, learnable.info.run_id)
     fixed = client.get_run(ran[1].user_attrs["mlflow_run_id"])
     assert not any(key.startswith("act") for key in fixed.data.metrics)
     assert [m.step for m in client.get_metric_history(learnable.info.run_id, "train_loss")] == list(

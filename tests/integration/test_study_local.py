@@ -7,6 +7,7 @@ user does, through ``MlflowClient`` and the Optuna storage.
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,10 +165,11 @@ def test_plots_and_model_are_logged_and_the_model_predicts(ran: Ran) -> None:
     c = client(ran)
     child = children[0]
     names = {a.path for a in c.list_artifacts(child.info.run_id)}
-    pngs = {n for n in names if n.endswith(".png")}
-    assert {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"} <= pngs, names
-    local = Path(c.download_artifacts(child.info.run_id, "confusion_matrix.png", str(ran.dir)))
-    assert local.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"confusion_matrix.svg", "roc_curves.svg", "learning_curves.svg"} <= names, names
+    local = Path(c.download_artifacts(child.info.run_id, "confusion_matrix.svg", str(ran.dir)))
+    matrix = ET.fromstring(local.read_text(encoding="utf-8"))
+    counts = [int(e.text or "") for e in matrix.iter() if e.get("class") == "count"]
+    assert len(counts) == 100 and sum(counts) > 0  # digits: 10 x 10 cells, every sample counted
 
     study = optuna.load_study(study_name="it-digits", storage=ran.storage)
     trial = study.trials[0]
@@ -380,7 +382,7 @@ def test_ctrl_c_while_a_run_is_sent_keeps_the_trial_and_its_run(
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], "tags.`hpo.trial` = '0'")
     assert [r.info.status for r in runs] == ["FINISHED"]
-    assert {"confusion_matrix.png", "roc_curves.png"} <= {
+    assert {"confusion_matrix.svg", "roc_curves.svg"} <= {
         a.path for a in client.list_artifacts(runs[0].info.run_id)
     }
     assert not (workdir / ".hpo-spool" / "cut").exists()

@@ -122,7 +122,7 @@ def assert_runs_complete(client: MlflowClient, name: str, trials: int) -> None:
             assert len(steps) <= EPOCHS + 1, (key, steps)
         assert len(client.get_metric_history(run_id, "val_f1")) == 1
         names = {a.path for a in client.list_artifacts(run_id)}
-        assert {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"} <= names
+        assert {"confusion_matrix.svg", "roc_curves.svg", "learning_curves.svg"} <= names
     models = client.search_logged_models([experiment.experiment_id])
     ready = [m for m in models if m.status == LoggedModelStatus.READY]
     assert sorted(m.source_run_id for m in ready) == sorted(r.info.run_id for r in children)

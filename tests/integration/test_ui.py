@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +122,13 @@ def test_hpo_ui_serves_the_study_runs_and_plots(ui: UI) -> None:
     files = {
         f["path"] for f in json.loads(get(f"{base}/api/2.0/mlflow/artifacts/list?{query}"))["files"]
     }
-    assert {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"} <= files
-    query = urllib.parse.urlencode({"path": "roc_curves.png", "run_uuid": child})
-    assert get(f"{base}/get-artifact?{query}")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"confusion_matrix.svg", "roc_curves.svg", "learning_curves.svg"} <= files
+    query = urllib.parse.urlencode({"path": "roc_curves.svg", "run_uuid": child})
+    with urllib.request.urlopen(f"{base}/get-artifact?{query}", timeout=10) as response:
+        # The type the UI's image view needs to show it; an attachment, so never run as a page.
+        assert response.headers["Content-Type"].startswith("image/svg+xml")
+        assert "attachment" in response.headers["Content-Disposition"]
+        assert _svg_width(response.read()) > 300
 
 
 # -- a real browser ----------------------------------------------------------------------------
@@ -173,9 +178,10 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def _png_width(data: bytes) -> int:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    return int.from_bytes(data[16:20], "big")  # IHDR: width, then height
+def _svg_width(data: bytes) -> int:
+    root = ET.fromstring(data)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    return round(float(root.get("width", "0")))
 
 
 @pytest.mark.slow
@@ -206,13 +212,14 @@ def test_a_browser_opens_a_trial_and_its_plots_load(ui: UI, browser: Any) -> Non
         by_text("trial-0000").click()
         WebDriverWait(browser, 60).until(lambda d: run_id in d.current_url, "the run did not open")
         by_text("Artifacts").click()
-        for plot in ("confusion_matrix.png", "roc_curves.png"):
+        for plot in ("confusion_matrix.svg", "roc_curves.svg"):
             by_text(plot).click()
             query = urllib.parse.urlencode({"path": plot, "run_uuid": run_id})
-            width = _png_width(get(f"{ui.base}/get-artifact?{query}"))
+            width = _svg_width(get(f"{ui.base}/get-artifact?{query}"))
 
             def loaded(driver: Any, width: int = width) -> bool:
-                # The preview is an <img> of the fetched PNG: loaded, and the PNG's own width.
+                # The preview is an <img> of the fetched SVG: drawn, at the SVG's own width (a
+                # blob without the SVG type would not draw: naturalWidth 0).
                 return bool(
                     driver.execute_script(
                         "return [...document.images].some("
@@ -222,7 +229,7 @@ def test_a_browser_opens_a_trial_and_its_plots_load(ui: UI, browser: Any) -> Non
                 )
 
             WebDriverWait(browser, 60).until(loaded, f"{plot} did not load in the page")
-            browser.save_screenshot(str(SCREENSHOTS / f"mlflow-ui-{plot}"))
+            browser.save_screenshot(str(SCREENSHOTS / f"mlflow-ui-{Path(plot).stem}.png"))
     except Exception:
         browser.save_screenshot(str(SCREENSHOTS / "mlflow-ui-failure.png"))
         raise

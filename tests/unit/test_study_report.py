@@ -58,8 +58,13 @@ def _study(n_trials: int = 12, name: str = "demo") -> optuna.Study:
 
 
 def _best_run_plots() -> dict[str, bytes]:
-    figure = confusion_matrix_figure([0, 1, 1, 0], [0, 1, 0, 0], ["a", "b"])
-    return {"confusion_matrix.png": figure_png(figure), "roc_curves.png": figure_png(figure)}
+    """An SVG plot as trials log them now, and a PNG as runs logged before did."""
+    from matplotlib.figure import Figure
+
+    svg = confusion_matrix_figure([0, 1, 1, 0], [0, 1, 0, 0], ["a", "b"])
+    old = Figure(figsize=(2, 2))
+    old.add_subplot().plot([0, 1], [0, 1])
+    return {"confusion_matrix.svg": svg.encode(), "roc_curves.png": figure_png(old)}
 
 
 def _check_files(report: StudyReport) -> None:
@@ -122,8 +127,9 @@ def test_report_page_content(full_report: tuple[optuna.Study, StudyReport]) -> N
     assert f"{study.best_value:.4g}" in page  # the best value
     assert f"(trial {study.best_trial.number})" in page
     assert "maximize" in page and "val_accuracy" in page
-    # the best run's images and the figures' PNG-free interactive versions
-    assert body.count('src="data:image/png;base64,') == 2
+    # the best run's images (one SVG, one PNG) and the figures' PNG-free interactive versions
+    assert body.count('src="data:image/svg+xml;base64,') == 1
+    assert body.count('src="data:image/png;base64,') == 1
     assert 'id="fig-optimization_history"' in page and 'id="fig-contour"' in page
     assert page.count("Plotly.newPlot") >= 6
     _no_external_scripts(page)

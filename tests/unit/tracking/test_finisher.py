@@ -76,8 +76,8 @@ def assert_complete(
         assert sorted(m.step for m in points) == list(range(1, EPOCHS + 1)), key
     assert [m.value for m in client.get_metric_history(run.run_id, "val_f1")] == [0.4]
     names = {a.path for a in client.list_artifacts(run.run_id)}
-    assert {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"} <= names
-    assert "prediction_distribution.png" in names
+    assert {"confusion_matrix.svg", "roc_curves.svg", "learning_curves.svg"} <= names
+    assert "prediction_distribution.svg" in names
     logged = client.get_logged_model(uri.removeprefix("models:/"))
     assert logged.status == LoggedModelStatus.READY
     assert logged.source_run_id == run.run_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -276,14 +277,15 @@ def test_a_complete_trial_as_the_ui_shows_it(tracker: StudyTracker) -> None:
     for key, value in final.items():
         assert child.data.metrics[key] == pytest.approx(value), key
     assert [m.step for m in client.get_metric_history(run.run_id, "val_f1")] == [5]
-    # the three plots, as PNG
+    # the three plots, as SVG documents
     artifacts = {a.path: a for a in client.list_artifacts(run.run_id)}
-    expected = {"confusion_matrix.png", "roc_curves.png", "learning_curves.png"}
+    expected = {"confusion_matrix.svg", "roc_curves.svg", "learning_curves.svg"}
     assert expected <= set(artifacts)
     for name in expected:
         assert (artifacts[name].file_size or 0) > 1000
         local = Path(client.download_artifacts(run.run_id, name, str(Path.cwd())))
-        assert local.read_bytes()[:8] == PNG_MAGIC
+        root = ET.fromstring(local.read_text(encoding="utf-8"))
+        assert root.tag == "{http://www.w3.org/2000/svg}svg", name
     # the model: a LoggedModel of this run, in the study's experiment, and it predicts the same
     assert model_uri.startswith("models:/m-")
     logged = client.get_logged_model(model_uri.split("/")[-1])
@@ -418,15 +420,26 @@ def test_final_metric_that_differs_from_the_last_epoch_is_logged(tracker: StudyT
     assert tracker.client.get_run(run.run_id).data.metrics["val_loss"] == 0.25
 
 
-def test_log_figure_accepts_bytes_and_figures(tracker: StudyTracker) -> None:
+def test_log_figure_accepts_bytes_svg_text_and_matplotlib_figures(
+    tracker: StudyTracker, tmp_path: Path
+) -> None:
+    from matplotlib.figure import Figure
+
     from hpo.tracking.plots import learning_curves_figure
 
     run = tracker.start_trial(8, {})
     run.log_figure(PNG_MAGIC + b"rest", "raw.png")
-    run.log_figure(learning_curves_figure([epoch_metrics(1)]), "plots/curves.png")
+    svg = learning_curves_figure([epoch_metrics(1)])
+    run.log_figure(svg, "plots/curves.svg")
+    run.log_figure(Figure(figsize=(2, 2)), "plots/empty.png")
     client = tracker.client
-    assert [a.path for a in client.list_artifacts(run.run_id, "plots")] == ["plots/curves.png"]
+    listed = [a.path for a in client.list_artifacts(run.run_id, "plots")]
+    assert listed == ["plots/curves.svg", "plots/empty.png"]
     assert "raw.png" in {a.path for a in client.list_artifacts(run.run_id)}
+    back = Path(client.download_artifacts(run.run_id, "plots/curves.svg", str(tmp_path)))
+    assert back.read_text(encoding="utf-8") == svg
+    png = Path(client.download_artifacts(run.run_id, "plots/empty.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_two_stores_in_two_threads_keep_their_models(

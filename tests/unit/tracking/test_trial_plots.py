@@ -1,12 +1,13 @@
-"""The decision-boundary and prediction-distribution figures, and when a trial logs them."""
+"""The decision-boundary (PNG) and prediction-distribution (SVG) figures, and when a trial logs
+them."""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
-from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
 from hpo.data.base import Dataset
@@ -102,29 +103,46 @@ def test_a_model_with_non_finite_probabilities_gets_a_note_not_an_error() -> Non
 
 
 # -- prediction distribution ----------------------------------------------------------------------
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def bands(document: str) -> tuple[ET.Element, list[ET.Element]]:
+    root = ET.fromstring(document)
+    return root, [e for e in root.iter() if e.get("class") == "band"]
+
+
 def test_distribution_stacks_each_class_share_per_epoch_next_to_the_labels() -> None:
     counts = [[90, 5, 5], [60, 20, 20], [34, 33, 33]]
     y_true = np.array([0] * 30 + [1] * 30 + [2] * 40)
-    fig = prediction_distribution_figure(counts, ["a", "b", "c"], y_true)
-    main, labels_bar = fig.axes
-    stacks = [c for c in main.collections if isinstance(c, PolyCollection)]
-    assert len(stacks) == 3  # one band per class
+    root, stacked = bands(prediction_distribution_figure(counts, ["a", "b", "c"], y_true))
+    assert [b.tag for b in stacked] == [f"{SVG}polygon"] * 3  # one band per class
+    assert [b.get("data-label") for b in stacked] == ["a", "b", "c"]
     # the bands' tops are the cumulative shares: the first class's band ends at 0.9, 0.6, 0.34
-    top = stacks[0].get_paths()[0].vertices
-    assert {round(v, 2) for v in top[:, 1]} >= {0.9, 0.6, 0.34}
-    assert main.get_xlim() == (1.0, 3.0)
+    tops = [[float(v) for v in b.get("data-top", "").split()] for b in stacked]
+    assert tops[0] == pytest.approx([0.9, 0.6, 0.34])
+    assert tops[2] == pytest.approx([1.0, 1.0, 1.0])
+    # each band has an upper and a lower edge: two points per epoch
+    assert all(len(b.get("points", "").split()) == 6 for b in stacked)
     # the labels' shares: 0.3, 0.3, 0.4
-    heights = [round(p.get_height(), 3) for p in labels_bar.patches]
-    assert heights == [0.3, 0.3, 0.4]
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a", "b", "c"]
-    png_of(fig)
+    shares = [float(e.get("data-share", "")) for e in root.iter() if e.get("class") == "share"]
+    assert shares == pytest.approx([0.3, 0.3, 0.4])
+    legend = [e.text for e in root.iter(f"{SVG}text") if e.get("class") == "legend-entry"]
+    assert legend == ["a", "b", "c"]
 
 
 def test_distribution_of_a_single_epoch_and_without_labels() -> None:
-    fig = prediction_distribution_figure([[3, 1]], ["no", "yes"])
-    assert len(fig.axes) == 1
-    assert [round(p.get_height(), 2) for p in fig.axes[0].patches] == [0.75, 0.25]
-    png_of(fig)
+    root, stacked = bands(prediction_distribution_figure([[3, 1]], ["no", "yes"]))
+    assert [b.tag for b in stacked] == [f"{SVG}rect"] * 2  # one epoch: a bar, no area
+    assert [float(b.get("data-top", "")) for b in stacked] == [0.75, 1.0]
+    assert not [e for e in root.iter() if e.get("class") == "share"]
+
+
+def test_distribution_beyond_twenty_classes_has_no_legend() -> None:
+    counts = [list(range(1, 26))] * 4
+    root, stacked = bands(prediction_distribution_figure(counts, [str(k) for k in range(25)]))
+    assert len(stacked) == 25
+    assert len({b.get("fill") for b in stacked}) == 25  # still distinct colours
+    assert not [e for e in root.iter() if e.get("class") == "legend-entry"]
 
 
 # -- what a trial logs ------------------------------------------------------------------------------
@@ -158,12 +176,15 @@ def test_trial_logs_the_distribution_and_a_boundary_only_for_2d_data(
     run.end("COMPLETE")
     names = {a.path for a in tracker.client.list_artifacts(run.run_id)}
     expected = {
-        "confusion_matrix.png",
-        "roc_curves.png",
-        "learning_curves.png",
-        "prediction_distribution.png",
+        "confusion_matrix.svg",
+        "roc_curves.svg",
+        "learning_curves.svg",
+        "prediction_distribution.svg",
     }
     assert names == (expected | {"decision_boundary.png"} if boundary else expected)
     if boundary:
         local = tracker.client.download_artifacts(run.run_id, "decision_boundary.png", str(workdir))
         assert Path(local).read_bytes()[:8] == PNG_MAGIC
+    roc = tracker.client.download_artifacts(run.run_id, "roc_curves.svg", str(workdir))
+    root = ET.fromstring(Path(roc).read_text(encoding="utf-8"))
+    assert root.tag == f"{SVG}svg"
