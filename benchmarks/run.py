@@ -105,8 +105,9 @@ def breakdown_table(results: dict[str, Any]) -> str:
             continue
         side = key.rsplit("_", 1)[-1]
         columns[f"{side} ({raw['sender']})"] = raw
-        if "with_background_sender" in raw:
-            columns[f"{side} (background)"] = raw["with_background_sender"]
+        for other in ("inline", "background"):
+            if f"with_{other}_sender" in raw:
+                columns[f"{side} ({other})"] = raw[f"with_{other}_sender"]
     if not columns:
         return ""
     names = list(columns)

@@ -428,6 +428,7 @@ def run_study(
         n_trials=n_trials,
         timeout=timeout if timeout is not None else spec.timeout,
         callbacks=callbacks,
+        local_workers=local_workers,
     )
     try:
         runner.run()
@@ -472,16 +473,20 @@ class TrialRunner:
         n_trials: int | None = None,
         timeout: float | None = None,
         callbacks: Sequence[TrialCallback] = (),
+        local_workers: int = 1,
     ) -> TrialRunner:
-        """Start the sender (in the background for trials on an accelerator, its imports then
-        overlapping with the first trial) and build the loop."""
+        """Start the sender (in the background when training leaves a core idle, its imports
+        then overlapping with the first trial: :func:`hpo.tracking.finisher.background_default`)
+        and build the loop. ``local_workers``: trial processes sharing this machine's cores."""
         from hpo.tracking.finisher import background_default
+        from hpo.training.threads import spare_cores
         from hpo.worker import TrialLoop
 
         study, tracker = session.study, session.tracker
         failures = _FailureGuard()
         device = str(getattr(objective, "device", "cpu"))
-        finisher = _start_finisher(tracker, background=background_default(device))
+        background = background_default(device, spare_cores(local_workers))
+        finisher = _start_finisher(tracker, background=background)
         sent = _SentRuns(study, spec, tracker)
         loop = TrialLoop(
             study,

@@ -60,21 +60,24 @@ UNREACHABLE = "tracking store unreachable"
 MODE_ENV = "HPO_FINISHER"
 
 
-def background_default(device: str = "cpu") -> bool:
+def background_default(device: str = "cpu", spare_cores: int = 0) -> bool:
     """Whether a worker sends its runs from a background process: ``$HPO_FINISHER``
-    (``background`` or ``inline``) if set, else when its trials train on an accelerator.
+    (``background`` or ``inline``) if set, else when training leaves a core idle: its trials
+    train on an accelerator, or use fewer CPU threads than there are cores (``spare_cores``,
+    :func:`hpo.training.threads.spare_cores`).
 
-    Trials that train on the CPU already use every core they are given (each trial process
-    takes its share: :func:`hpo.training.threads.default_threads`), so a background sender only
-    takes turns with training, and costs a process (~300 MB, seconds of imports). Measured on 2
-    cores with ``studies/quickstart.yaml`` (20 trials): 28.6 s sending in the trial's thread,
-    37 s from a background process. A trial on a GPU leaves the CPU idle while it trains: the
-    plots and the model are then made in that time.
+    When training takes every core (one worker's default: :func:`hpo.training.threads.
+    default_threads`), a background sender only takes turns with it and costs a process (~300
+    MB, seconds of imports): ``studies/quickstart.yaml`` (20 trials, 2 threads on 2 cores) took
+    16.4 s sending in the trial's thread and 20.4 s from a background process (2026-11-30, two
+    runs each). With a core to spare it sends while the next trial trains: the reference trial
+    of ``benchmarks/overhead.py`` (1 thread on 2 cores) took 0.29 s per trial until its run was
+    sent against 0.38 s inline.
     """
     mode = os.environ.get(MODE_ENV, "").strip().lower()
     if mode in ("background", "inline"):
         return mode == "background"
-    return device.split(":", 1)[0] != "cpu"
+    return device.split(":", 1)[0] != "cpu" or spare_cores > 0
 
 
 def outage_seconds() -> float:

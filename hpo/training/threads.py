@@ -12,12 +12,24 @@ from __future__ import annotations
 import os
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_threads(workers: int = 1) -> int:
     """This process's share of the machine's cores when ``workers`` trial processes share it."""
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    return max(1, cores // max(1, workers))
+    return max(1, available_cores() // max(1, workers))
+
+
+def spare_cores(workers: int = 1) -> int:
+    """Cores that training leaves idle when ``workers`` trial processes each use as many
+    threads as this one (torch's current setting): room for a background sender."""
+    import torch
+
+    return max(0, available_cores() - max(1, workers) * torch.get_num_threads())
 
 
 #: Environment variable that sets the threads of every trial process, for containers: a container

@@ -202,15 +202,25 @@ def test_the_spool_survives_a_missing_study_directory(tracker: StudyTracker) -> 
     assert sync_spool("demo", tracker) == []
 
 
-def test_the_sender_runs_in_the_background_for_trials_on_an_accelerator(
+def test_the_sender_runs_in_the_background_when_training_leaves_a_core_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import torch
+
     from hpo.tracking import finisher
+    from hpo.training import threads
 
     monkeypatch.delenv("HPO_FINISHER")
     assert not finisher.background_default("cpu")
+    assert finisher.background_default("cpu", spare_cores=1)
     assert finisher.background_default("cuda:0")
     assert finisher.background_default("mps")
+    # the idle cores: what one or two workers of this thread count leave of four cores
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert threads.spare_cores(1) == 2
+    assert threads.spare_cores(2) == 0
+    assert threads.spare_cores(3) == 0
     monkeypatch.setenv("HPO_FINISHER", "background")
     assert finisher.background_default("cpu")
     monkeypatch.setenv("HPO_FINISHER", "inline")
