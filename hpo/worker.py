@@ -432,7 +432,7 @@ class TrialLoop:
         it a heartbeat (:func:`adopt_unbeaten_trials`), so the grace period fails and re-queues it.
         """
         storage = self.study._storage
-        with study_lock(self.storage_url, self.study.study_name):
+        with study_lock(self.storage_url, self.study.study_name) as held:
             if self.heartbeat_interval is not None:
                 adopt_unbeaten_trials(self.study)
             running = 0
@@ -440,6 +440,7 @@ class TrialLoop:
                 used, running = budget_usage(self.study)
                 if used >= self.budget:
                     return None, running
+            held.check()  # still ours: else another worker may be counting the same budget
             trial = self.study.ask()
             if self.heartbeat_interval is not None:
                 _through_outage(

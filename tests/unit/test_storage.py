@@ -167,3 +167,22 @@ def test_a_worker_claims_through_a_postgres_outage(postgres_url: str) -> None:
         assert _through_outage("asking for a trial", claim, limit=30) == "claimed"
         assert time.monotonic() - start >= 1.5
     assert _lock_is_free(postgres_url, "s")
+
+
+@pytest.mark.postgres
+def test_a_lost_study_lock_is_noticed_before_an_exclusive_write(postgres_url: str) -> None:
+    from hpo.errors import StorageUnavailable
+
+    with study_lock(postgres_url, "s") as held:
+        held.check()  # held: nothing to say
+        assert _terminate_others(postgres_url) >= 1
+        # The server released the lock with the connection: another worker may hold it now.
+        with pytest.raises(StorageUnavailable, match="lost the study lock"):
+            held.check()
+    with study_lock(postgres_url, "s") as held:
+        held.check()  # a new connection, the lock held again
+
+
+def test_a_file_lock_cannot_be_lost(tmp_path: Path) -> None:
+    with study_lock(f"sqlite:///{tmp_path}/s.db", "s") as held:
+        held.check()
