@@ -186,15 +186,25 @@ def _svg_width(data: bytes) -> int:
 
 @pytest.mark.slow
 def test_a_browser_opens_a_trial_and_its_plots_load(ui: UI, browser: Any) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    def by_text(text: str) -> Any:
-        def find(driver: Any) -> Any:
-            found = driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']")
-            return next((e for e in found if e.is_displayed()), None)
+    def wait() -> Any:
+        # The UI re-renders its tables while loading: an element found a moment ago may be
+        # replaced (stale) by the time it is read or clicked; look again instead of failing.
+        return WebDriverWait(browser, 60, ignored_exceptions=(StaleElementReferenceException,))
 
-        return WebDriverWait(browser, 60).until(find, f"'{text}' never showed")
+    def click_text(text: str) -> None:
+        def click(driver: Any) -> bool:
+            found = driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']")
+            shown = next((e for e in found if e.is_displayed()), None)
+            if shown is None:
+                return False
+            shown.click()
+            return True
+
+        wait().until(click, f"'{text}' never showed")
 
     # The experiment page lists the study's parent run; unfold it and open the first trial.
     child = next(r for r in ui.children if r["info"]["run_name"] == "trial-0000")
@@ -203,17 +213,20 @@ def test_a_browser_opens_a_trial_and_its_plots_load(ui: UI, browser: Any) -> Non
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     try:
 
-        def parent_row(driver: Any) -> Any:
+        def unfold_parent(driver: Any) -> bool:
             rows = driver.find_elements(By.CSS_SELECTOR, "[role='row']")
-            return next((r for r in rows if "ui-study" in r.text.split("\n")), None)
+            row = next((r for r in rows if "ui-study" in r.text.split("\n")), None)
+            if row is None:
+                return False
+            row.find_element(By.CSS_SELECTOR, "button").click()  # unfold its child runs
+            return True
 
-        row = WebDriverWait(browser, 60).until(parent_row, "the study's parent run is not listed")
-        row.find_element(By.CSS_SELECTOR, "button").click()  # unfold its child runs
-        by_text("trial-0000").click()
-        WebDriverWait(browser, 60).until(lambda d: run_id in d.current_url, "the run did not open")
-        by_text("Artifacts").click()
+        wait().until(unfold_parent, "the study's parent run is not listed")
+        click_text("trial-0000")
+        wait().until(lambda d: run_id in d.current_url, "the run did not open")
+        click_text("Artifacts")
         for plot in ("confusion_matrix.svg", "roc_curves.svg"):
-            by_text(plot).click()
+            click_text(plot)
             query = urllib.parse.urlencode({"path": plot, "run_uuid": run_id})
             width = _svg_width(get(f"{ui.base}/get-artifact?{query}"))
 
@@ -228,7 +241,7 @@ def test_a_browser_opens_a_trial_and_its_plots_load(ui: UI, browser: Any) -> Non
                     )
                 )
 
-            WebDriverWait(browser, 60).until(loaded, f"{plot} did not load in the page")
+            wait().until(loaded, f"{plot} did not load in the page")
             browser.save_screenshot(str(SCREENSHOTS / f"mlflow-ui-{Path(plot).stem}.png"))
     except Exception:
         browser.save_screenshot(str(SCREENSHOTS / "mlflow-ui-failure.png"))
