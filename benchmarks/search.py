@@ -148,7 +148,7 @@ def measure(quick: bool) -> dict[str, Any]:
                 "load_before_after": [before, load()],
             },
             note=f"median over seeds of random-without-pruning time / TPE+median time to the "
-            f"first trial with val_accuracy >= {TARGET}; runs that never reach it count their "
-            "whole time, a lower bound (see reached)",
+            f"first trial with val_accuracy >= {TARGET}, stopped when that trial is told; runs that "
+            "never reach it count their time to their last trial, a lower bound (see reached)",
         )
     }

@@ -214,7 +214,7 @@ def learning_curves_figure(history: Sequence[dict[str, float]]) -> str:
     doc.text(width / 2, 0.06 * height, "Learning curves", 11, "middle", css_class="suptitle")
     panel = 0.91 * width / 2.22  # two panels with 0.22 of a panel between them
     xlim = svg.padded_range(epochs)
-    xticks = [t for t in svg.nice_ticks(*xlim, target=8, integer=True) if xlim[0] <= t <= xlim[1]]
+    xticks = svg.nice_ticks(*xlim, target=8, integer=True)
     markers = len(epochs) <= 30
     for i, what in enumerate(("loss", "accuracy")):
         lines = {
@@ -225,7 +225,7 @@ def learning_curves_figure(history: Sequence[dict[str, float]]) -> str:
         ylim = svg.padded_range([v for values in drawn.values() for v in values])
         left = 0.07 * width + i * 1.22 * panel
         ax = Axes(doc, (left, 0.15 * height, panel, 0.71 * height), xlim, ylim)
-        yticks = [t for t in svg.nice_ticks(*ylim, target=6) if ylim[0] <= t <= ylim[1]]
+        yticks = svg.nice_ticks(*ylim, target=6)
         ax.grid(xticks, yticks)
         legend: list[LegendEntry] = []
         for split, color in (("train", svg.TAB10[0]), ("val", svg.TAB10[1])):
@@ -287,11 +287,7 @@ def prediction_distribution_figure(
                 y0, y1 = ax.py(top[0]), ax.py(bottom[0])
                 doc.rect(x0, y0, x1 - x0, y1 - y0, colors[k], css_class="band", **data)
     ax.frame()
-    xticks = (
-        [t for t in svg.nice_ticks(*xlim, target=8, integer=True) if xlim[0] <= t <= xlim[1]]
-        if several
-        else [1.0]
-    )
+    xticks = svg.nice_ticks(*xlim, target=8, integer=True) if several else [1.0]
     ax.xticks(xticks)
     ax.yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.xlabel("epoch", offset=26)
@@ -392,7 +388,7 @@ def decision_boundary_figure(
     proba = np.asarray(predict_proba(mesh), dtype=np.float64).reshape(grid, grid, -1)
     finite = bool(np.isfinite(proba).all())
 
-    colors = np.array([to_rgb(c) for c in _class_colors(n)])
+    colors = np.array([to_rgb(c) for c in svg.class_colors(n)])
     fig = Figure(figsize=(5.4, 4.4), dpi=DPI)
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.11, top=0.92)
     ax = fig.add_subplot()
@@ -489,8 +485,3 @@ def _short(label: object) -> str:
 
 def _short_labels(classes: Sequence[object]) -> list[str]:
     return [_short(c) for c in classes]
-
-
-def _class_colors(n: int) -> list[str]:
-    """Distinct colours as hex: tab10 up to 10 classes, tab20 up to 20, viridis beyond."""
-    return svg.class_colors(n)

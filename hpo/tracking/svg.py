@@ -80,12 +80,6 @@ def interpolate(colors: Sequence[str], t: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*mixed)
 
 
-def luminance(color: str) -> float:
-    """Relative luminance (0 black, 1 white) of a hex colour: picks black or white text on it."""
-    r, g, b = (c / 255 for c in _rgb(color))
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
 def class_colors(n: int) -> list[str]:
     """Distinct colours: tab10 up to 10 classes, tab20 up to 20, viridis beyond."""
     if n <= 10:
@@ -164,8 +158,7 @@ class Svg:
     @contextmanager
     def group(self, css_class: str, **attributes: str) -> Iterator[None]:
         """Elements added inside go into one ``<g class=…>``."""
-        extra = "".join(f" {k.replace('_', '-')}={quoteattr(v)}" for k, v in attributes.items())
-        self.add(f'<g class="{css_class}"{extra}>')
+        self.add(f'<g class="{css_class}"{_data(attributes)}>')
         try:
             yield
         finally:
