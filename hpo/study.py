@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,6 +461,7 @@ class TrialRunner:
     failures: _FailureGuard
     sent: _SentRuns
     finisher: Any
+    summary: _ParentSummary
 
     @classmethod
     def open(
@@ -488,6 +490,7 @@ class TrialRunner:
         background = background_default(device, spare_cores(local_workers))
         finisher = _start_finisher(tracker, background=background)
         sent = _SentRuns(study, spec, tracker)
+        summary = _ParentSummary(tracker, spec)
         loop = TrialLoop(
             study,
             objective,
@@ -496,23 +499,27 @@ class TrialRunner:
             n_trials=n_trials,
             timeout=timeout,
             heartbeat_interval=session.heartbeat.interval if session.heartbeat else None,
-            callbacks=[*callbacks, failures, _ParentSummary(tracker, spec), sent],
+            callbacks=[*callbacks, failures, summary, sent],
             should_stop=lambda: failures.reason is not None,
             on_recovered=lambda old, new, attrs: _mark_recovered(tracker, old, new, attrs),
         )
-        return cls(loop, failures, sent, finisher)
+        return cls(loop, failures, sent, finisher, summary)
 
     def run(self) -> int:
         """Run trials until the budget, ``n_trials`` or the time is up; return how many."""
         return int(self.loop.run())
 
     def wait(self) -> None:
-        """Wait until the runs of the trials run so far are sent (the sender stays)."""
+        """Wait until the runs of the trials run so far are sent (the sender stays), and write
+        the parent run's summary points still kept."""
+        self.summary.flush()
         self.sent.handle(self.finisher.wait())
 
     def close(self) -> None:
-        """Wait for the last runs (the study's end needs them) and stop the sender."""
+        """Write the parent run's last summary points, wait for the last runs (the study's end
+        needs them) and stop the sender."""
         try:
+            self.summary.flush()
             self.sent.handle(self.finisher.drain())
         finally:
             self.finisher.tracker.finisher = None
@@ -738,15 +745,32 @@ class _FailureGuard:
             self.reason = f"stopped after {self.streak} failed trials in a row; last error: {error}"
 
 
+#: The parent run's summary is written at most this often; every trial's point is kept and
+#: goes with the next write (or the end of this process's trials).
+SUMMARY_SECONDS = 2.0
+#: Points kept while the store is away; older ones are dropped (the latest holds the totals).
+MAX_SUMMARY_POINTS = 1000
+
+
 class _ParentSummary:
     """Keeps the parent run's summary current: best value and trial, trial counts (the Pareto
-    front's size and trials for a multi-objective study). The ``champion`` alias moves once a
-    new best trial's model is in the store (:class:`_SentRuns`)."""
+    front's size and trials for a multi-objective study), one point per trial at the trial's
+    number. The ``champion`` alias moves once a new best trial's model is in the store
+    (:class:`_SentRuns`).
 
-    def __init__(self, tracker: Any, spec: StudySpec) -> None:
+    Points are written together, at most every ``interval`` seconds (the first at once), and the
+    rest by :meth:`flush`: one store call per trial was 7 ms of the reference trial's 0.2 s
+    (``benchmarks/overhead.py``); trials longer than ``interval`` still write one each.
+    """
+
+    def __init__(self, tracker: Any, spec: StudySpec, interval: float = SUMMARY_SECONDS) -> None:
         self.tracker = tracker
         self.spec = spec
+        self.interval = interval
         self._warned = False
+        self._points: list[tuple[int, int, dict[str, float]]] = []
+        self._tags: dict[str, str] = {}
+        self._written: float | None = None
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         counts = {s: 0 for s in ("complete", "pruned", "fail")}
@@ -765,21 +789,31 @@ class _ParentSummary:
         front_metrics, front_tags = (
             _pareto_summary(study) if self.spec.multi_objective else ({}, {})
         )
+        self._points.append((trial.number, int(time.time() * 1000), {**metrics, **front_metrics}))
+        del self._points[:-MAX_SUMMARY_POINTS]
+        self._tags.update({**tags, **front_tags})
+        if self._written is None or time.monotonic() - self._written >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the points and tags not written yet; a store that is away keeps them for the
+        next call."""
+        if not self._points and not self._tags:
+            return
         from hpo.tracking.outage import single_attempt
 
         try:
             # One attempt, not MLflow's minutes of retries: the next trial's summary catches up.
             with single_attempt():
-                self.tracker.log_parent(
-                    metrics={**metrics, **front_metrics},
-                    tags={**tags, **front_tags},
-                    step=trial.number,
-                )
+                self.tracker.log_parent_points(self._points, self._tags)
+            self._points, self._tags = [], {}
         except TrackingError as exc:
             # A summary is not worth a trial: the next trial's (or the study's end) catches up.
             if not self._warned:
                 self._warned = True
                 self.tracker._warn(f"could not update the study's parent run: {exc}")
+        finally:
+            self._written = time.monotonic()
 
 
 def _start_finisher(tracker: Any, *, background: bool) -> Any:

@@ -101,7 +101,37 @@ def _write_rdb(
                 else:
                     row.intermediate_value = representation
                     row.intermediate_value_type = kind
+        if attrs:
+            _upsert_user_attrs(backend, session, trial_id, attrs)
+
+
+def _upsert_user_attrs(
+    backend: optuna.storages.RDBStorage, session: Any, trial_id: int, attrs: Mapping[str, Any]
+) -> None:
+    """Every attribute in one ``INSERT … ON CONFLICT (trial_id, key) DO UPDATE`` on SQLite and
+    Postgres; Optuna's own write, per attribute, looks the trial up again and runs one statement
+    for each (10 attributes: 20 statements, ~10 ms of the reference trial on SQLite)."""
+    import json
+    import sqlite3
+
+    from optuna.storages._rdb import models
+
+    model = models.TrialUserAttributeModel
+    dialect = backend.engine.name
+    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    else:
         for key, attr in attrs.items():
-            backend._set_trial_attr_without_commit(
-                session, models.TrialUserAttributeModel, trial_id, key, attr
-            )
+            backend._set_trial_attr_without_commit(session, model, trial_id, key, attr)
+        return
+    statement = insert(model).values(
+        [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[model.trial_id, model.key],
+            set_={"value_json": statement.excluded.value_json},
+        )
+    )

@@ -114,8 +114,9 @@ def log_pytorch_model(
     record the model as the run's output (MLflow refuses that link a second time; the model's
     own ``source_run_id`` names the run either way).
     """
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
+    from mlflow.models import Model, infer_signature
+
+    from hpo.tracking.pt2_cache import CACHE, Pt2Flavor
 
     example = _example_rows(input_example)
     for tensor in (*model.parameters(), *model.buffers()):
@@ -139,16 +140,20 @@ def log_pytorch_model(
                 tags=dict(tags or {}),
             ).model_id
         with global_tracking_uri(client.tracking_uri):
-            info = mlflow.pytorch.log_model(
-                model,
+            # What mlflow.pytorch.log_model does, with the pytorch flavor saved through hpo's
+            # cache of traces (hpo.tracking.pt2_cache): one torch.export per architecture.
+            info = Model.log(
+                artifact_path=None,
                 name=name,
+                flavor=Pt2Flavor(CACHE),
                 model_id=model_id,
                 run_id=run_id if link else None,
                 step=step,
+                metadata=dict(metadata) if metadata else None,
+                pytorch_model=model,
                 input_example=example,
                 signature=signature,
                 pip_requirements=pip_requirements(),
-                metadata=dict(metadata) if metadata else None,
                 serialization_format="pt2",
                 # The serving check re-loads the model through pyfunc: +22 ms per trial
                 # (70 → 92 ms measured); loading back is covered by our tests instead.

@@ -510,6 +510,27 @@ class StudyTracker:
             raise RuntimeError("ensure_parent_run() must be called first")
         self.log_to_run(self.parent_run_id, metrics=metrics, tags=tags, step=step)
 
+    def log_parent_points(
+        self,
+        points: Sequence[tuple[int, int, Mapping[str, float]]],
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Several summaries of the parent run in one call: ``(step, timestamp in ms, metrics)``
+        each, and the latest ``tags``."""
+        from mlflow.entities import RunTag
+
+        if self.parent_run_id is None:
+            raise RuntimeError("ensure_parent_run() must be called first")
+        self._log_batch(
+            self.parent_run_id,
+            metrics=[
+                _metric(k, v, step, timestamp)
+                for step, timestamp, metrics in points
+                for k, v in metrics.items()
+            ],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
     def set_parent_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags on the parent run."""
         self.log_parent(tags=tags)

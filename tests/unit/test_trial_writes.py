@@ -110,3 +110,31 @@ def test_one_transaction_on_sqlite(tmp_path: Path) -> None:
         intermediate_values={s: 0.1 * s for s in range(20)},
     )
     assert len(commits) == 1
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_attributes_are_one_upsert_that_replaces_values(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """All of a trial's attributes in one statement; written again, they replace the values
+    (the trial's final write repeats the live ones) and add the new ones."""
+    import sqlalchemy
+
+    url = (
+        request.getfixturevalue("postgres_url") if kind == "postgres" else storages(tmp_path)[kind]
+    )
+    study = optuna.create_study(storage=url)
+    trial = study.ask()
+    backend = study._storage._backend  # type: ignore[attr-defined]
+    statements: list[str] = []
+    sqlalchemy.event.listen(
+        backend.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, sql, *args: statements.append(sql),
+    )
+    write_trial(study._storage, trial._trial_id, user_attrs={f"a{i}": i for i in range(9)})
+    writes = [s for s in statements if "trial_user_attributes" in s]
+    assert len(writes) == 1 and writes[0].lstrip().upper().startswith("INSERT")
+    write_trial(study._storage, trial._trial_id, user_attrs={"a0": "again", "z": [1, 2]})
+    stored = study._storage.get_trial(trial._trial_id)
+    assert stored.user_attrs == {**{f"a{i}": i for i in range(1, 9)}, "a0": "again", "z": [1, 2]}

@@ -1,0 +1,273 @@
+"""One ``torch.export`` trace per architecture: later models of it reuse the trace with their own
+weights.
+
+Tracing is most of what logging a ``pt2`` model costs: 0.05-0.14 s of the reference trial's
+0.1-0.2 s model logging (``benchmarks/overhead.py``, 1 thread on 2 shared cores), each time the
+same graph, because the trials of a study mostly repeat a few architectures. What a trial tunes
+besides the architecture (learning rate, batch size, optimizer, weight decay, dropout's rate)
+changes the weights, not the eval-mode graph.
+
+:class:`Pt2Flavor` is the flavor hpo hands to MLflow's ``Model.log``; its ``save_model`` writes
+the directory ``mlflow.pytorch.save_model(serialization_format="pt2")`` writes:
+
+* the first model of a :func:`template_key` (architecture, input example, signature,
+  requirements) is saved by MLflow itself; its exported program is read back and kept, with the
+  directory's other files (input example, environment files) and its ``MLmodel`` flavors;
+* a later model of that key gets the kept program with its own weights copied in, checked to give
+  that model's outputs on the input example (bit for bit), then ``torch.export.save`` d; the other
+  files are the kept ones, and ``MLmodel`` is the kept flavors, signature and example on the new
+  model's own identity (id, run, time, size). A check that fails falls back to MLflow's save,
+  whose result replaces the kept one.
+
+Dropout's rate is set to 0 for the trace and restored after. The graph is traced in eval mode,
+where Dropout is the identity whatever its rate, but ``torch.export`` writes the rate into the
+graph: without this, each rate would be its own architecture, and a kept graph would carry the
+rate of whichever trial came first.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from mlflow.models import Model
+    from mlflow.models.signature import ModelSignature
+
+#: Architectures kept per process (a study usually has a few; each keeps one copy of weights).
+MAX_TEMPLATES = 4
+#: The files of a model directory that belong to one model (the rest is shared by its key).
+MLMODEL = "MLmodel"
+DATA_DIR = "data"
+PT2_FILE = "model.pt2"
+
+
+def architecture(model: nn.Module) -> tuple[Any, ...]:
+    """What decides a model's eval-mode graph: each submodule's class and settings (Dropout's
+    rate aside, see the module docstring) and the names, shapes and dtypes of its state."""
+    modules = tuple(
+        (name, type(module).__module__, type(module).__qualname__)
+        + (() if isinstance(module, nn.modules.dropout._DropoutNd) else (module.extra_repr(),))
+        for name, module in model.named_modules()
+    )
+    state = tuple(
+        (name, tuple(tensor.shape), str(tensor.dtype))
+        for name, tensor in model.state_dict().items()
+    )
+    return modules, state
+
+
+def template_key(
+    model: nn.Module,
+    example: np.ndarray,
+    signature: ModelSignature,
+    pip_requirements: Sequence[str],
+) -> tuple[Any, ...]:
+    """Models of one key share a trace and every file of their directory but the weights and
+    ``MLmodel``."""
+    return (
+        architecture(model),
+        example.shape,
+        str(example.dtype),
+        example.tobytes(),
+        json.dumps(signature.to_dict(), sort_keys=True),
+        tuple(pip_requirements),
+    )
+
+
+@contextlib.contextmanager
+def dropout_off(model: nn.Module) -> Iterator[None]:
+    """Every Dropout's rate set to 0 for the block (see the module docstring), then restored."""
+    saved = [
+        (module, module.p)
+        for module in model.modules()
+        if isinstance(module, nn.modules.dropout._DropoutNd)
+    ]
+    for module, _ in saved:
+        module.p = 0.0
+    try:
+        yield
+    finally:
+        for module, p in saved:
+            module.p = p
+
+
+@dataclass
+class _Template:
+    """A saved model directory's reusable parts."""
+
+    program: torch.export.ExportedProgram
+    graph: nn.Module  # program.module(): shares the program's tensors
+    files: dict[str, bytes]  # relative path → content, MLmodel and the pt2 archive aside
+    mlmodel: Model
+    archive_bytes: int  # the size of its pt2 archive
+
+
+class Pt2Cache:
+    """Kept traces (:class:`_Template`) by :func:`template_key`, the :data:`MAX_TEMPLATES` most
+    recently used; thread-safe."""
+
+    def __init__(self, size: int = MAX_TEMPLATES) -> None:
+        self.size = size
+        self._templates: collections.OrderedDict[tuple[Any, ...], _Template] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+        #: How many saves reused a trace, and how many traced (tests, benchmarks).
+        self.hits = 0
+        self.misses = 0
+
+    def save_model(
+        self,
+        path: str,
+        mlflow_model: Model,
+        *,
+        pytorch_model: nn.Module,
+        input_example: np.ndarray,
+        signature: ModelSignature,
+        pip_requirements: Sequence[str],
+        **kwargs: Any,
+    ) -> None:
+        """``mlflow.pytorch.save_model(path, mlflow_model=…, serialization_format="pt2", …)``,
+        reusing the trace of an earlier model of the same :func:`template_key`. ``pytorch_model``
+        is in eval mode; ``input_example`` is float32 rows."""
+        key = template_key(pytorch_model, input_example, signature, pip_requirements)
+        with self._lock:
+            template = self._templates.get(key)
+            if template is not None and self._reuse(
+                template, path, mlflow_model, pytorch_model, input_example
+            ):
+                self._templates.move_to_end(key)
+                self.hits += 1
+                return
+            self.misses += 1
+            self._templates.pop(key, None)
+            template = self._trace(
+                path,
+                mlflow_model,
+                pytorch_model,
+                input_example,
+                signature,
+                pip_requirements,
+                **kwargs,
+            )
+            if template is not None:
+                self._templates[key] = template
+                while len(self._templates) > self.size:
+                    self._templates.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every kept trace."""
+        with self._lock:
+            self._templates.clear()
+
+    # -- the two ways ---------------------------------------------------------------------------
+    @staticmethod
+    def _trace(
+        path: str,
+        mlflow_model: Model,
+        model: nn.Module,
+        example: np.ndarray,
+        signature: ModelSignature,
+        pip_requirements: Sequence[str],
+        **kwargs: Any,
+    ) -> _Template | None:
+        """MLflow's own save; its result kept (None when it cannot be reused)."""
+        import mlflow.pytorch
+
+        with dropout_off(model):
+            mlflow.pytorch.save_model(
+                model,
+                path,
+                mlflow_model=mlflow_model,
+                input_example=example,
+                signature=signature,
+                pip_requirements=list(pip_requirements),
+                serialization_format="pt2",
+                **kwargs,
+            )
+        root = Path(path)
+        archive = root / DATA_DIR / PT2_FILE
+        program = torch.export.load(str(archive))
+        # Tensors the trace holds outside the state dict (constants) could differ from one
+        # model to the next without the check below seeing it: such a trace is not kept.
+        if program.constants or set(program.state_dict) != set(model.state_dict()):
+            return None
+        files = {
+            str(file.relative_to(root)): file.read_bytes()
+            for file in sorted(root.rglob("*"))
+            if file.is_file() and file != archive and file.name != MLMODEL
+        }
+        return _Template(
+            program, program.module(), files, copy.deepcopy(mlflow_model), archive.stat().st_size
+        )
+
+    @staticmethod
+    def _reuse(
+        template: _Template,
+        path: str,
+        mlflow_model: Model,
+        model: nn.Module,
+        example: np.ndarray,
+    ) -> bool:
+        """The kept trace with ``model``'s weights, if it reproduces ``model`` on the example;
+        False (nothing written) if not."""
+        state = model.state_dict()
+        inputs = torch.from_numpy(example)
+        with torch.no_grad():
+            for name, tensor in template.program.state_dict.items():
+                tensor.copy_(state[name])
+            if not torch.equal(template.graph(inputs), model(inputs)):
+                return False
+        root = Path(path)
+        for name, content in template.files.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        archive = root / DATA_DIR / PT2_FILE
+        torch.export.save(template.program, str(archive))
+        kept = template.mlmodel
+        mlflow_model.flavors = copy.deepcopy(kept.flavors)
+        mlflow_model.signature = kept.signature
+        if kept.saved_input_example_info is not None:
+            mlflow_model.saved_input_example_info = dict(kept.saved_input_example_info)
+        if kept.model_size_bytes is not None:
+            # MLflow counts the files written before MLmodel (not the environment files).
+            mlflow_model.model_size_bytes = (
+                kept.model_size_bytes - template.archive_bytes + archive.stat().st_size
+            )
+        mlflow_model.save(str(root / MLMODEL))
+        return True
+
+
+class Pt2Flavor:
+    """The ``flavor`` argument of MLflow's ``Model.log`` for :func:`hpo.tracking.models.
+    log_pytorch_model`: MLflow's ``pytorch`` flavor, saved through a :class:`Pt2Cache`."""
+
+    __name__ = "mlflow.pytorch"
+
+    def __init__(self, cache: Pt2Cache) -> None:
+        self.cache = cache
+
+    def save_model(self, path: str, mlflow_model: Model, **kwargs: Any) -> None:
+        """What ``Model.log`` calls to write the model directory."""
+        # Read by Model.log itself; the format is always pt2.
+        kwargs.pop("serialization_format", None)
+        kwargs.pop("validate_serving_input", None)
+        self.cache.save_model(path, mlflow_model, **kwargs)
+
+
+#: The process's cache (the sender of a worker logs its trials' models one after another).
+CACHE = Pt2Cache()
