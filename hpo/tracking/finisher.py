@@ -267,6 +267,7 @@ class _Sender:
                 tags=m.tags,
                 step=m.step,
                 link=link,
+                step_metrics=m.step_metrics,
             )
 
         def check() -> str | None:

@@ -26,7 +26,7 @@ import functools
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +100,7 @@ def log_pytorch_model(
     metadata: Mapping[str, Any] | None = None,
     model_id: str | None = None,
     link: bool = True,
+    step_metrics: Sequence[Sequence[Any]] | None = None,
 ) -> str:
     """Log ``model`` (on the CPU) as a ``pt2`` LoggedModel of ``run_id``; return ``models:/m-…``.
 
@@ -112,7 +113,10 @@ def log_pytorch_model(
     ``MLmodel`` file: hpo keeps the preprocessing and classes there (:mod:`hpo.serving`).
     ``model_id``: a LoggedModel created for it already (else one is created here). ``link``:
     record the model as the run's output (MLflow refuses that link a second time; the model's
-    own ``source_run_id`` names the run either way).
+    own ``source_run_id`` names the run either way). ``step_metrics``: ``[key, value, step,
+    timestamp_ms]`` rows of the run's metrics at ``step``, linked to the model as MLflow links
+    them; None: MLflow reads every metric history of the run back to find them (one query per
+    metric, ~30 ms of a 15-metric run on SQLite, one round trip each over HTTP).
     """
     from mlflow.models import Model, infer_signature
 
@@ -139,15 +143,19 @@ def log_pytorch_model(
                 params=dict(params or {}),
                 tags=dict(tags or {}),
             ).model_id
+        linked_here = link and step_metrics is not None
+        if linked_here:
+            # What Model.log does for a run_id, in this order, from rows we have already.
+            _link_model(client, run_id, model_id, step, step_metrics or ())
         with global_tracking_uri(client.tracking_uri):
             # What mlflow.pytorch.log_model does, with the pytorch flavor saved through hpo's
             # cache of traces (hpo.tracking.pt2_cache): one torch.export per architecture.
             info = Model.log(
                 artifact_path=None,
                 name=name,
-                flavor=Pt2Flavor(CACHE),
+                flavor=Pt2Flavor(CACHE, run_id=run_id),
                 model_id=model_id,
-                run_id=run_id if link else None,
+                run_id=run_id if link and not linked_here else None,
                 step=step,
                 metadata=dict(metadata) if metadata else None,
                 pytorch_model=model,
@@ -162,6 +170,34 @@ def log_pytorch_model(
     finally:
         model.train(was_training)
     return str(info.model_uri)
+
+
+def _link_model(
+    client: MlflowClient,
+    run_id: str,
+    model_id: str,
+    step: int,
+    step_metrics: Iterable[Sequence[Any]],
+) -> None:
+    """The model as the run's output at ``step``, and the run's metrics at ``step`` as the
+    model's (MLflow's ``Model.log`` with a ``run_id``, without reading the run back)."""
+    from mlflow.entities import LoggedModelOutput, Metric
+
+    client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=step)])
+    metrics = [
+        Metric(
+            key=str(key),
+            value=float(value),
+            timestamp=int(timestamp),
+            step=int(at),
+            run_id=run_id,
+            model_id=model_id,
+        )
+        for key, value, at, timestamp in step_metrics
+        if int(at) == step
+    ]
+    if metrics:
+        client.log_batch(run_id=run_id, metrics=metrics)
 
 
 def load_pytorch_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:

@@ -10,9 +10,11 @@ changes the weights, not the eval-mode graph.
 :class:`Pt2Flavor` is the flavor hpo hands to MLflow's ``Model.log``; its ``save_model`` writes
 the directory ``mlflow.pytorch.save_model(serialization_format="pt2")`` writes:
 
-* the first model of a :func:`template_key` (architecture, input example, signature,
-  requirements) is saved by MLflow itself; its exported program is read back and kept, with the
-  directory's other files (input example, environment files) and its ``MLmodel`` flavors;
+* a model of a new :func:`template_key` (architecture, input example, signature,
+  requirements) is saved by MLflow itself. From the second model of a key on, the exported
+  program MLflow saved is read back and kept, with the directory's other files (input example,
+  environment files) and its ``MLmodel`` flavors (not from the first: in a search whose
+  architectures never repeat, reading traces back would only cost);
 * a later model of that key gets the kept program with its own weights copied in, checked to give
   that model's outputs on the input example (bit for bit), then ``torch.export.save`` d; the other
   files are the kept ones, and ``MLmodel`` is the kept flavors, signature and example on the new
@@ -45,8 +47,13 @@ if TYPE_CHECKING:
     from mlflow.models import Model
     from mlflow.models.signature import ModelSignature
 
-#: Architectures kept per process (a study usually has a few; each keeps one copy of weights).
-MAX_TEMPLATES = 4
+#: Traces kept per process, and the weights they may hold in all (each keeps one model's copy):
+#: the least recently used goes first.
+MAX_TEMPLATES = 16
+MAX_TEMPLATE_BYTES = 256 * 2**20
+#: Keys remembered as seen once: a trace is kept from the second model of its key on, so a
+#: search whose architectures never repeat pays nothing for reading traces back.
+MAX_SEEN = 1024
 #: The files of a model directory that belong to one model (the rest is shared by its key).
 MLMODEL = "MLmodel"
 DATA_DIR = "data"
@@ -113,16 +120,24 @@ class _Template:
     mlmodel: Model
     archive_bytes: int  # the size of its pt2 archive
 
+    @property
+    def nbytes(self) -> int:
+        """What keeping it costs: its weights and files."""
+        tensors = sum(t.numel() * t.element_size() for t in self.program.state_dict.values())
+        return tensors + sum(len(content) for content in self.files.values())
+
 
 class Pt2Cache:
-    """Kept traces (:class:`_Template`) by :func:`template_key`, the :data:`MAX_TEMPLATES` most
-    recently used; thread-safe."""
+    """Kept traces (:class:`_Template`) by :func:`template_key`: the most recently used, up to
+    ``size`` of them and ``max_bytes`` in all; thread-safe."""
 
-    def __init__(self, size: int = MAX_TEMPLATES) -> None:
+    def __init__(self, size: int = MAX_TEMPLATES, max_bytes: int = MAX_TEMPLATE_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self._templates: collections.OrderedDict[tuple[Any, ...], _Template] = (
             collections.OrderedDict()
         )
+        self._seen: collections.OrderedDict[tuple[Any, ...], None] = collections.OrderedDict()
         self._lock = threading.Lock()
         #: How many saves reused a trace, and how many traced (tests, benchmarks).
         self.hits = 0
@@ -153,7 +168,7 @@ class Pt2Cache:
                 return
             self.misses += 1
             self._templates.pop(key, None)
-            template = self._trace(
+            self._trace(
                 path,
                 mlflow_model,
                 pytorch_model,
@@ -162,9 +177,19 @@ class Pt2Cache:
                 pip_requirements,
                 **kwargs,
             )
+            if key not in self._seen:
+                self._seen[key] = None
+                while len(self._seen) > MAX_SEEN:
+                    self._seen.popitem(last=False)
+                return
+            self._seen.move_to_end(key)
+            template = self._keep(path, mlflow_model, pytorch_model)
             if template is not None:
                 self._templates[key] = template
-                while len(self._templates) > self.size:
+                while len(self._templates) > self.size or (
+                    len(self._templates) > 1
+                    and sum(t.nbytes for t in self._templates.values()) > self.max_bytes
+                ):
                     self._templates.popitem(last=False)
 
     def clear(self) -> None:
@@ -182,8 +207,8 @@ class Pt2Cache:
         signature: ModelSignature,
         pip_requirements: Sequence[str],
         **kwargs: Any,
-    ) -> _Template | None:
-        """MLflow's own save; its result kept (None when it cannot be reused)."""
+    ) -> None:
+        """MLflow's own save."""
         import mlflow.pytorch
 
         with dropout_off(model):
@@ -197,6 +222,10 @@ class Pt2Cache:
                 serialization_format="pt2",
                 **kwargs,
             )
+
+    @staticmethod
+    def _keep(path: str, mlflow_model: Model, model: nn.Module) -> _Template | None:
+        """What :meth:`_trace` wrote, read back to be reused (None when it cannot be)."""
         root = Path(path)
         archive = root / DATA_DIR / PT2_FILE
         program = torch.export.load(str(archive))
@@ -258,11 +287,16 @@ class Pt2Flavor:
 
     __name__ = "mlflow.pytorch"
 
-    def __init__(self, cache: Pt2Cache) -> None:
+    def __init__(self, cache: Pt2Cache, run_id: str | None = None) -> None:
+        """``run_id``: the run the ``MLmodel`` file names (hpo links the model to its run
+        itself and gives ``Model.log`` no run)."""
         self.cache = cache
+        self.run_id = run_id
 
     def save_model(self, path: str, mlflow_model: Model, **kwargs: Any) -> None:
         """What ``Model.log`` calls to write the model directory."""
+        if mlflow_model.run_id is None and self.run_id is not None:
+            mlflow_model.run_id = self.run_id
         # Read by Model.log itself; the format is always pt2.
         kwargs.pop("serialization_format", None)
         kwargs.pop("validate_serving_input", None)

@@ -720,6 +720,8 @@ class TrialRun:
         self._pending: list[Metric] = []
         self._last_flush = -math.inf
         self._last_epoch = 0
+        #: Every metric point logged at ``_last_epoch``: the model links them (:meth:`end`).
+        self._step_points: list[Metric] = []
         #: The last per-epoch value of each metric: finals that repeat it are not logged twice.
         self._epoch_values: dict[str, float] = {}
         #: After a failed write, epochs are kept here until this time (monotonic): a store that
@@ -741,10 +743,14 @@ class TrialRun:
         """Record one epoch's metrics at ``step=epoch``; written in batches (see
         :data:`EPOCH_FLUSH_SECONDS`), the first epoch at once."""
         now = _now_ms()
+        if epoch > self._last_epoch:
+            self._last_epoch, self._step_points = epoch, []
         for key, value in metrics.items():
-            self._pending.append(_metric(key, value, epoch, now))
+            point = _metric(key, value, epoch, now)
+            self._pending.append(point)
+            if epoch == self._last_epoch:
+                self._step_points.append(point)
             self._epoch_values[key] = float(value)
-        self._last_epoch = max(self._last_epoch, epoch)
         if time.monotonic() - self._last_flush >= EPOCH_FLUSH_SECONDS:
             self.flush()
 
@@ -784,7 +790,9 @@ class TrialRun:
             previous = self._epoch_values.get(key)
             if previous is not None and _same(previous, float(value)):
                 continue
-            self._pending.append(_metric(key, value, self._last_epoch, now))
+            point = _metric(key, value, self._last_epoch, now)
+            self._pending.append(point)
+            self._step_points.append(point)
 
     def attach_plots(self, inputs: PlotInputs) -> None:
         """The trial's plots, drawn and logged with the end of the run (:meth:`log_plots`)."""
@@ -916,11 +924,14 @@ class TrialRun:
         tags: Mapping[str, str] | None = None,
         step: int | None = None,
         link: bool = True,
+        step_metrics: Sequence[Sequence[Any]] | None = None,
     ) -> str:
         """Log the trained model (``pt2``, with signature, input example and ``metadata``); return
         its URI (``models:/m-…``), which :func:`hpo.tracking.models.load_pytorch_model` loads.
         ``model_id``: a LoggedModel created for it already (:meth:`attach_model`); ``link``:
-        record it as the run's output (False: the run has that link already)."""
+        record it as the run's output (False: the run has that link already); ``step_metrics``:
+        the run's metric rows at ``step`` (:attr:`hpo.tracking.spool.ModelInputs.step_metrics`),
+        linked to the model without reading the run back."""
         from hpo.tracking.models import log_pytorch_model
 
         self.flush()  # the model links the metrics of its step: they must be written
@@ -941,6 +952,7 @@ class TrialRun:
                 metadata=metadata,
                 model_id=model_id,
                 link=link,
+                step_metrics=step_metrics,
             )
 
     def store_errors(self, what: str) -> Any:
@@ -963,6 +975,10 @@ class TrialRun:
             return None
         if state not in RUN_STATUS:
             raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, got {state!r}")
+        if self._model is not None:
+            self._model.step_metrics = metric_rows(
+                [p for p in self._step_points if p.step == self._model.step]
+            )
         job = Job(
             study=self.tracker.study_name,
             trial=self.number,

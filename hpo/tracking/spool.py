@@ -93,6 +93,9 @@ class ModelInputs:
     step: int
     #: The LoggedModel created when the trial ended (None if the store was away then).
     model_id: str | None = None
+    #: ``[key, value, step, timestamp_ms]`` rows of every metric the run has at ``step``, which
+    #: the model links (None, as in jobs of older versions: MLflow reads them back from the run).
+    step_metrics: list[list[Any]] | None = None
 
 
 @dataclass

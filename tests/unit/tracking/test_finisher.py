@@ -240,3 +240,59 @@ def test_an_unreadable_job_is_reported_and_the_others_are_sent(tracker: StudyTra
     assert sent[run.run_id].ok
     assert uri is not None
     assert_complete(tracker, run, model, X, uri)
+
+
+def linked_metrics(tracker: StudyTracker, uri: str) -> set[tuple[str, float, int]]:
+    logged = tracker.client.get_logged_model(uri.removeprefix("models:/"))
+    return {(m.key, m.value, m.step) for m in logged.metrics or []}
+
+
+def run_metrics_at(tracker: StudyTracker, run_id: str, step: int) -> set[tuple[str, float, int]]:
+    """What MLflow links to a model logged at ``step``: every point of the run at that step."""
+    keys = tracker.client.get_run(run_id).data.metrics
+    return {
+        (m.key, m.value, m.step)
+        for key in keys
+        for m in tracker.client.get_metric_history(run_id, key)
+        if m.step == step
+    }
+
+
+def test_the_model_links_the_runs_metrics_at_its_step(tracker: StudyTracker) -> None:
+    """The metrics of the last epoch and the final ones, as MLflow's own linking finds them
+    (which reads every history of the run back; hpo sends the rows it has)."""
+    run, _, _, uri = a_finished_trial(tracker)
+    assert uri is not None
+    sent = run.end("COMPLETE")
+    assert sent is not None and sent.ok
+    expected = run_metrics_at(tracker, run.run_id, EPOCHS)
+    assert linked_metrics(tracker, uri) == expected
+    assert {key for key, _, _ in expected} == {"train_loss", "val_loss", "val_accuracy", "val_f1"}
+    outputs = tracker.client.get_run(run.run_id).outputs
+    assert outputs is not None
+    assert [(o.model_id, o.step) for o in outputs.model_outputs] == [
+        (uri.removeprefix("models:/"), EPOCHS)
+    ]
+
+
+def test_a_job_of_an_older_version_links_through_mlflow(
+    tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spooled before jobs carried the step's metrics: MLflow reads them back, same links."""
+    import json
+
+    run, _, _, uri = a_finished_trial(tracker)
+    assert uri is not None
+    tracker.finisher = Finisher(tracker, background=False)
+    monkeypatch.setattr(tracker.finisher, "submit", lambda path: None)  # spooled, not sent
+    run.end("COMPLETE")
+    (job,) = spool.list_jobs("demo")
+    record = json.loads((job / spool.JOB_FILE).read_text())
+    del record["model"]["step_metrics"]
+    (job / spool.JOB_FILE).write_text(json.dumps(record))
+    assert spool.read_job(job).model.step_metrics is None  # type: ignore[union-attr]
+    tracker.finisher = None
+    (sent,) = sync_spool("demo", tracker)
+    assert sent.ok
+    assert linked_metrics(tracker, uri) == run_metrics_at(tracker, run.run_id, EPOCHS)
+    assert len(linked_metrics(tracker, uri)) == 4

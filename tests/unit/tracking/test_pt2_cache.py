@@ -98,43 +98,44 @@ def expected(model: nn.Module) -> np.ndarray:
         return model(torch.from_numpy(X)).numpy()
 
 
-def test_a_second_model_of_an_architecture_reuses_the_trace_and_keeps_its_own_weights(
+def test_a_model_of_an_architecture_seen_before_reuses_its_trace_with_its_own_weights(
     tracker: StudyTracker, cache: Pt2Cache
 ) -> None:
-    first, second = mlp(1, dropout=0.3), mlp(2, dropout=0.45)  # dropout's rate: same graph
-    uri1 = log(tracker, 0, first)
-    uri2 = log(tracker, 1, second)
-    assert (cache.misses, cache.hits) == (1, 1)
-    assert second.training and second[3].p == 0.45  # mode and rate given back
+    # dropout's rate does not change the graph; the trace is kept from the second model on
+    models = [mlp(1, dropout=0.3), mlp(2, dropout=0.45), mlp(3, dropout=0.1)]
+    uris = [log(tracker, n, model) for n, model in enumerate(models)]
+    assert (cache.misses, cache.hits) == (2, 1)
+    assert models[2].training and models[2][3].p == 0.1  # mode and rate given back
 
     # each loads back as itself, at another batch size than the example's
-    np.testing.assert_array_equal(outputs(uri1, tracker), expected(first))
-    np.testing.assert_array_equal(outputs(uri2, tracker), expected(second))
-    assert not np.allclose(expected(first), expected(second))
+    for uri, model in zip(uris, models, strict=True):
+        np.testing.assert_array_equal(outputs(uri, tracker), expected(model))
+    assert not np.allclose(expected(models[1]), expected(models[2]))
 
     # the directory is what MLflow's own save writes, but for the model's identity
-    dir1, dir2 = model_dir(tracker, uri1), model_dir(tracker, uri2)
-    assert files(dir1) == files(dir2)
-    assert mlmodel(dir1) == mlmodel(dir2)
-    assert mlmodel(dir2)["metadata"] == {"classes": ["a", "b", "c"]}
-    ident = yaml.safe_load((dir2 / "MLmodel").read_text())
-    assert ident["model_id"] == uri2.removeprefix("models:/") != uri1.removeprefix("models:/")
+    traced, reused = model_dir(tracker, uris[0]), model_dir(tracker, uris[2])
+    assert files(traced) == files(reused)
+    assert mlmodel(traced) == mlmodel(reused)
+    assert mlmodel(reused)["metadata"] == {"classes": ["a", "b", "c"]}
+    ident = yaml.safe_load((reused / "MLmodel").read_text())
+    assert ident["model_id"] == uris[2].removeprefix("models:/")
 
     # MLflow's loaders read the reused one (what the UI's snippet and `mlflow models serve` run)
     with utils._use_tracking_uri(tracker.tracking_uri):
-        again = mlflow.pytorch.load_model(uri2)
-        served = mlflow.pyfunc.load_model(uri2).predict(X)
+        again = mlflow.pytorch.load_model(uris[2])
+        served = mlflow.pyfunc.load_model(uris[2]).predict(X)
     with torch.no_grad():
-        np.testing.assert_allclose(again(torch.from_numpy(X)).numpy(), expected(second))
-    np.testing.assert_allclose(np.asarray(served), expected(second))
+        np.testing.assert_allclose(again(torch.from_numpy(X)).numpy(), expected(models[2]))
+    np.testing.assert_allclose(np.asarray(served), expected(models[2]))
 
 
 def test_another_architecture_is_traced_again(tracker: StudyTracker, cache: Pt2Cache) -> None:
     log(tracker, 0, mlp(1, width=16))
-    uri = log(tracker, 1, mlp(2, width=8))
-    log(tracker, 2, nn.Sequential(nn.Linear(4, 3)))
-    assert (cache.misses, cache.hits) == (3, 0)
-    np.testing.assert_array_equal(outputs(uri, tracker), expected(mlp(2, width=8)))
+    log(tracker, 1, mlp(2, width=16))
+    uri = log(tracker, 2, mlp(3, width=8))
+    log(tracker, 3, nn.Sequential(nn.Linear(4, 3)))
+    assert (cache.misses, cache.hits) == (4, 0)
+    np.testing.assert_array_equal(outputs(uri, tracker), expected(mlp(3, width=8)))
 
 
 def test_a_trace_that_does_not_reproduce_the_model_is_replaced(
@@ -143,23 +144,30 @@ def test_a_trace_that_does_not_reproduce_the_model_is_replaced(
     plain, flipped = Flipped(flip=False), Flipped(flip=True)
     assert architecture(plain) == architecture(flipped)  # the key cannot tell them apart
     log(tracker, 0, plain)
-    uri = log(tracker, 1, flipped)
-    assert (cache.misses, cache.hits) == (2, 0)  # the check refused the kept trace
+    log(tracker, 1, Flipped(flip=False))  # kept
+    uri = log(tracker, 2, flipped)
+    assert (cache.misses, cache.hits) == (3, 0)  # the check refused the kept trace
     np.testing.assert_array_equal(outputs(uri, tracker), expected(flipped))
-    log(tracker, 2, Flipped(flip=True))  # the new trace is the one kept
+    log(tracker, 3, Flipped(flip=True))  # the new trace is the one kept
     assert cache.hits == 1
 
 
-def test_the_oldest_architecture_is_forgotten_past_the_cache_size(
+def test_the_least_recently_used_trace_goes_past_the_cache_size(
     tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small = Pt2Cache(size=2)
     monkeypatch.setattr(pt2_cache, "CACHE", small)
-    for number, width in enumerate((4, 8, 12, 4)):
-        log(tracker, number, mlp(number, width=width))
-    assert (small.misses, small.hits) == (4, 0)
-    log(tracker, 4, mlp(9, width=12))  # still kept
-    assert small.hits == 1
+    number = 0
+    for width in (4, 8, 12):  # each kept from its second model on; 4 goes when 12 comes
+        for _ in range(2):
+            log(tracker, number, mlp(number, width=width))
+            number += 1
+    assert (small.misses, small.hits) == (6, 0)
+    log(tracker, 6, mlp(6, width=12))
+    log(tracker, 7, mlp(7, width=8))
+    assert small.hits == 2
+    log(tracker, 8, mlp(8, width=4))
+    assert small.misses == 7
 
 
 def test_dropout_is_off_for_the_trace_and_restored() -> None:
