@@ -30,6 +30,7 @@ MODULES: dict[str, list[str]] = {
     "cli_speed": ["help_seconds", "show_10k_seconds"],
     "loop": ["loop_throughput_ratio"],
     "overhead": ["overhead_ratio_local", "overhead_ratio_http"],
+    "model_logging": ["model_logging_speedup"],
     "search": ["time_to_target_speedup"],
     "parallel": ["parallel_speedup_2w"],
     "memory": ["worker_peak_rss_mib", "demo_peak_rss_mib"],
