@@ -620,6 +620,14 @@ def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
     def warn(message: str) -> None:
         emit({"event": "warning", "message": message})
 
+    from hpo.tracking import pt2_cache
+
+    # While the first trial trains: its job would otherwise pay these seconds.
+    try:
+        pt2_cache.warm_up()
+    except Exception as exc:  # a warm-up is never worth a job: the first model will tell
+        warn(f"could not warm up the model export: {exc}")
+
     for line in lines:
         if line.strip():
             sent = clock.send(Path(line.strip()), tracker, warn)

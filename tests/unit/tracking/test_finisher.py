@@ -296,3 +296,40 @@ def test_a_job_of_an_older_version_links_through_mlflow(
     assert sent.ok
     assert linked_metrics(tracker, uri) == run_metrics_at(tracker, run.run_id, EPOCHS)
     assert len(linked_metrics(tracker, uri)) == 4
+
+
+def test_the_background_sender_warms_up_before_its_first_job(
+    tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first torch.export of a process costs seconds of imports: the background process
+    pays them while the first trial trains; a warm-up that fails is said, and jobs still go."""
+    import json
+
+    from hpo.tracking import finisher, pt2_cache
+
+    order: list[str] = []
+    monkeypatch.setattr(pt2_cache, "warm_up", lambda: order.append("warm-up"))
+    monkeypatch.setattr(
+        finisher._OutageClock, "send", lambda self, path, tracker, warn: order.append(path.name)
+    )
+    monkeypatch.setattr(finisher, "asdict", lambda sent: {})
+    header = json.dumps({"tracking_uri": tracker.tracking_uri, "study": "demo"})
+    events: list[dict[str, object]] = []
+    finisher.serve(iter([header, "/spool/job-1\n"]), events.append)
+    assert order == ["warm-up", "job-1"]
+
+    def broken() -> None:
+        raise RuntimeError("no torch.export here")
+
+    monkeypatch.setattr(pt2_cache, "warm_up", broken)
+    order.clear()
+    finisher.serve(iter([header, "/spool/job-2\n"]), events.append)
+    assert order == ["job-2"]
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert warnings == ["could not warm up the model export: no torch.export here"]
+
+
+def test_warm_up_traces_saves_and_reads_back_a_model() -> None:
+    from hpo.tracking import pt2_cache
+
+    pt2_cache.warm_up()  # raises if any of the steps a first model takes fails
