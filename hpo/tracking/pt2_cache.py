@@ -193,9 +193,11 @@ class Pt2Cache:
                     self._templates.popitem(last=False)
 
     def clear(self) -> None:
-        """Forget every kept trace."""
+        """Forget every kept trace and every key seen, and reset the counts: a fresh cache."""
         with self._lock:
             self._templates.clear()
+            self._seen.clear()
+            self.hits = self.misses = 0
 
     # -- the two ways ---------------------------------------------------------------------------
     @staticmethod

@@ -976,9 +976,8 @@ class TrialRun:
         if state not in RUN_STATUS:
             raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, got {state!r}")
         if self._model is not None:
-            self._model.step_metrics = metric_rows(
-                [p for p in self._step_points if p.step == self._model.step]
-            )
+            # The points at the last epoch; the model links those at its own step of them.
+            self._model.step_metrics = metric_rows(self._step_points)
         job = Job(
             study=self.tracker.study_name,
             trial=self.number,
