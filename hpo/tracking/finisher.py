@@ -213,9 +213,17 @@ class _Sender:
     def _send_metrics(self, unsure: bool) -> None:
         # Sent again as they are (same timestamps): MLflow's stores key a metric point by (run,
         # key, step, timestamp, value), so a batch that arrives twice is stored once.
-        rows = self.job.metrics
-        if rows:
-            self._call(lambda: self.tracker._log_batch(self.job.run_id, metrics=_metrics(rows)))
+        # The run's params too, if the trial ended before its first write (a parameter logged
+        # again with the same value is accepted).
+        rows, params = self.job.metrics, self.job.params
+        if rows or params:
+            from hpo.tracking.runs import _params
+
+            self._call(
+                lambda: self.tracker._log_batch(
+                    self.job.run_id, metrics=_metrics(rows), params=_params(params)
+                )
+            )
 
     def _send_plots(self, unsure: bool) -> None:
         p = self.job.plots

@@ -35,7 +35,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,8 @@ class Job:
     error: str | None = None
     #: ``[key, value, step, timestamp_ms]`` rows, buffered epoch metrics and final metrics.
     metrics: list[list[Any]] = field(default_factory=list)
+    #: Parameters of the run not written yet (stringified).
+    params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     plots: PlotInputs | None = None
     model: ModelInputs | None = None
@@ -129,13 +131,11 @@ def write_job(job: Job, root: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{job.run_id}-", dir=directory))
     try:
         arrays: dict[str, np.ndarray] = {}
+        # Fields as they are, not dataclasses.asdict: that deep-copies every value first, the
+        # model's weights and the plots' arrays included (3 ms of the 4.5 ms this took).
         record: dict[str, Any] = {
             "version": FORMAT_VERSION,
-            **{
-                k: v
-                for k, v in asdict(job).items()
-                if k not in ("plots", "model", "path")  # asdict would copy the arrays too
-            },
+            **_fields(job, exclude=("plots", "model", "path")),
         }
         if job.plots is not None:
             p = job.plots
@@ -159,9 +159,7 @@ def write_job(job: Job, root: Path | None = None) -> Path:
             m = job.model
             arrays["model_example"] = np.asarray(m.example)
             torch.save(m.state_dict, tmp / STATE_DICT_FILE)
-            record["model"] = {
-                k: v for k, v in asdict(m).items() if k not in ("state_dict", "example")
-            }
+            record["model"] = _fields(m, exclude=("state_dict", "example"))
         if arrays:
             np.savez(tmp / ARRAYS_FILE, **arrays)  # type: ignore[arg-type]
         (tmp / JOB_FILE).write_text(json.dumps(record, default=_json_default))
@@ -173,6 +171,11 @@ def write_job(job: Job, root: Path | None = None) -> Path:
         raise
     job.path = final
     return final
+
+
+def _fields(obj: Any, exclude: Sequence[str]) -> dict[str, Any]:
+    """A dataclass's fields by name, but ``exclude`` (values not copied: JSON-encoded next)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if f.name not in exclude}
 
 
 def _json_default(value: Any) -> Any:

@@ -387,18 +387,39 @@ def test_pruned_run_keeps_its_buffered_curve_and_reason(
     tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runs, "EPOCH_FLUSH_SECONDS", 3600.0)
-    run = tracker.start_trial(2, {})
+    run = tracker.start_trial(2, {"lr": 0.01, "dropout": 0.2})
     for epoch in (1, 2, 3):
         run.log_epoch(epoch, epoch_metrics(epoch))
     client = tracker.client
-    # the first epoch is written at once, the others wait for the next flush
-    assert [m.step for m in client.get_metric_history(run.run_id, "val_loss")] == [1]
+    # a trial shorter than the flush interval writes nothing while it trains ...
+    assert client.get_metric_history(run.run_id, "val_loss") == []
+    assert client.get_run(run.run_id).data.params == {}
     run.end("PRUNED", "pruned at epoch 3")
+    # ... and everything with its end
     points = client.get_metric_history(run.run_id, "val_loss")
     assert sorted(m.step for m in points) == [1, 2, 3]
     child = client.get_run(run.run_id)
     assert child.info.status == "KILLED"
     assert child.data.tags["hpo.reason"] == "pruned at epoch 3"
+    assert child.data.params == {"lr": "0.01", "dropout": "0.2"}
+
+
+def test_params_go_with_the_first_write_of_a_longer_trial(
+    tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs, "EPOCH_FLUSH_SECONDS", 3600.0)
+    run = tracker.start_trial(3, {"lr": 0.01})
+    run.log_epoch(1, epoch_metrics(1))
+    assert tracker.client.get_run(run.run_id).data.params == {}
+    monkeypatch.setattr(runs, "EPOCH_FLUSH_SECONDS", 0.0)  # the interval has passed
+    run.log_epoch(2, epoch_metrics(2))
+    live = tracker.client.get_run(run.run_id)
+    assert live.info.status == "RUNNING"
+    assert live.data.params == {"lr": "0.01"}
+    points = tracker.client.get_metric_history(run.run_id, "val_loss")
+    assert sorted(m.step for m in points) == [1, 2]
+    run.end("COMPLETE")
+    assert tracker.client.get_run(run.run_id).data.params == {"lr": "0.01"}
 
 
 def test_epochs_are_written_as_time_passes(
@@ -484,4 +505,5 @@ def test_two_stores_in_two_threads_keep_their_models(
 
 def test_many_params_are_split_into_batches_mlflow_accepts(tracker: StudyTracker) -> None:
     run = tracker.start_trial(10, {f"p{i:03d}": i for i in range(250)})
+    run.flush()
     assert len(tracker.client.get_run(run.run_id).data.params) == 250
