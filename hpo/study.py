@@ -490,7 +490,7 @@ class TrialRunner:
         background = background_default(device, spare_cores(local_workers))
         finisher = _start_finisher(tracker, background=background)
         sent = _SentRuns(study, spec, tracker)
-        summary = _ParentSummary(tracker, spec)
+        summary = _ParentSummary(tracker, spec, study=study)
         loop = TrialLoop(
             study,
             objective,
@@ -758,62 +758,126 @@ class _ParentSummary:
     number. The ``champion`` alias moves once a new best trial's model is in the store
     (:class:`_SentRuns`).
 
-    Points are written together, at most every ``interval`` seconds (the first at once), and the
-    rest by :meth:`flush`: one store call per trial was 7 ms of the reference trial's 0.2 s
-    (``benchmarks/overhead.py``); trials longer than ``interval`` still write one each.
+    A trial's point is the study as it stood when the trial ended: the trials finished by then.
+    Points are computed and written together, at most every ``interval`` seconds (the first at
+    once), and the rest by :meth:`flush`: one read of the study and one store call per write,
+    not per trial. Per trial they cost 7 ms of the reference trial's 0.25 s
+    (``benchmarks/overhead.py``: a read of every trial, the best trial, a store call); trials
+    longer than ``interval`` still write one each.
     """
 
-    def __init__(self, tracker: Any, spec: StudySpec, interval: float = SUMMARY_SECONDS) -> None:
+    def __init__(
+        self,
+        tracker: Any,
+        spec: StudySpec,
+        interval: float = SUMMARY_SECONDS,
+        study: optuna.Study | None = None,
+    ) -> None:
         self.tracker = tracker
         self.spec = spec
         self.interval = interval
+        self.study = study
         self._warned = False
+        #: Trials that ended, with the time (seconds since the epoch): points to compute.
+        self._ended: list[tuple[int, float]] = []
+        #: Computed points not written yet (the store was away).
         self._points: list[tuple[int, int, dict[str, float]]] = []
         self._tags: dict[str, str] = {}
         self._written: float | None = None
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        counts = {s: 0 for s in ("complete", "pruned", "fail")}
-        for t in study.get_trials(deepcopy=False):
-            key = t.state.name.lower()
-            if key in counts:
-                counts[key] += 1
-        metrics: dict[str, float] = {f"n_{k}": float(v) for k, v in counts.items()}
-        tags: dict[str, str] = {}
-        if not self.spec.multi_objective and counts["complete"]:
-            best = study.best_trial
-            metrics[f"best_{self.spec.objective_metrics[0]}"] = float(best.value)  # type: ignore[arg-type]
-            metrics["best_trial"] = float(best.number)
-            tags["hpo.best_trial"] = str(best.number)
-            tags["hpo.best_run_id"] = str(best.user_attrs.get("mlflow_run_id", ""))
-        front_metrics, front_tags = (
-            _pareto_summary(study) if self.spec.multi_objective else ({}, {})
-        )
-        self._points.append((trial.number, int(time.time() * 1000), {**metrics, **front_metrics}))
-        del self._points[:-MAX_SUMMARY_POINTS]
-        self._tags.update({**tags, **front_tags})
+        self.study = study
+        if not self._ended or self._ended[-1][0] != trial.number:  # not a retry of this call
+            self._ended.append((trial.number, time.time()))
+        del self._ended[:-MAX_SUMMARY_POINTS]
         if self._written is None or time.monotonic() - self._written >= self.interval:
             self.flush()
+
+    def _compute(self) -> None:
+        """Turn the ended trials into points, from one read of the study."""
+        if not self._ended or self.study is None:
+            return
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        directions = self.study.directions
+        for number, at in self._ended:
+            # Finished by then (this trial itself whatever the clocks say).
+            done = [
+                t
+                for t in trials
+                if t.state.is_finished()
+                and (
+                    t.number == number
+                    or (t.datetime_complete is not None and t.datetime_complete.timestamp() <= at)
+                )
+            ]
+            counts = {s: 0 for s in ("complete", "pruned", "fail")}
+            for t in done:
+                key = t.state.name.lower()
+                if key in counts:
+                    counts[key] += 1
+            metrics: dict[str, float] = {f"n_{k}": float(v) for k, v in counts.items()}
+            complete = [t for t in done if t.state == TrialState.COMPLETE]
+            tags: dict[str, str] = {}
+            if self.spec.multi_objective:
+                front_metrics, tags = _pareto_summary(_pareto_front(complete, directions))
+                metrics.update(front_metrics)
+            elif complete:
+                best = _best_of(complete, directions[0])
+                metrics[f"best_{self.spec.objective_metrics[0]}"] = float(best.value)  # type: ignore[arg-type]
+                metrics["best_trial"] = float(best.number)
+                tags["hpo.best_trial"] = str(best.number)
+                tags["hpo.best_run_id"] = str(best.user_attrs.get("mlflow_run_id", ""))
+            self._points.append((number, int(at * 1000), metrics))
+            self._tags.update(tags)
+        self._ended = []
+        del self._points[:-MAX_SUMMARY_POINTS]
 
     def flush(self) -> None:
         """Write the points and tags not written yet; a store that is away keeps them for the
         next call."""
-        if not self._points and not self._tags:
-            return
+        import optuna
+
         from hpo.tracking.outage import single_attempt
 
         try:
+            self._compute()
+            if not self._points and not self._tags:
+                return
             # One attempt, not MLflow's minutes of retries: the next trial's summary catches up.
             with single_attempt():
                 self.tracker.log_parent_points(self._points, self._tags)
             self._points, self._tags = [], {}
-        except TrackingError as exc:
-            # A summary is not worth a trial: the next trial's (or the study's end) catches up.
+        except (TrackingError, optuna.exceptions.StorageInternalError) as exc:
+            # A summary is not worth a trial: the next trial's (or the study's end) catches up
+            # (the trials it could not read stay to be computed then).
             if not self._warned:
                 self._warned = True
                 self.tracker._warn(f"could not update the study's parent run: {exc}")
         finally:
             self._written = time.monotonic()
+
+
+def _best_of(
+    complete: Sequence[optuna.trial.FrozenTrial], direction: optuna.study.StudyDirection
+) -> optuna.trial.FrozenTrial:
+    """The best of ``complete`` trials (the earliest of equal values, as Optuna's storages)."""
+    from optuna.study import StudyDirection
+
+    sign = -1.0 if direction == StudyDirection.MAXIMIZE else 1.0
+    return min(complete, key=lambda t: (sign * float(t.value), t.number))  # type: ignore[arg-type]
+
+
+def _pareto_front(
+    complete: Sequence[optuna.trial.FrozenTrial],
+    directions: Sequence[optuna.study.StudyDirection],
+) -> list[optuna.trial.FrozenTrial]:
+    """The Pareto front of ``complete`` trials, as :attr:`optuna.Study.best_trials` computes it
+    (constraints considered); Optuna's own function (optuna is pinned to 5.0.x)."""
+    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+    return _get_pareto_front_trials_by_trials(complete, directions, consider_constraint=True)
 
 
 def _start_finisher(tracker: Any, *, background: bool) -> Any:
@@ -864,11 +928,14 @@ class _SentRuns:
 _MAX_TAG_CHARS = 5000
 
 
-def _pareto_summary(study: optuna.Study) -> tuple[dict[str, float], dict[str, str]]:
-    """A multi-objective study's summary for the parent run: the metric ``pareto_front_size``,
-    and the front's trial numbers and run ids as the tags ``hpo.pareto_trials`` and
-    ``hpo.pareto_run_ids`` (comma-separated, by trial number; cut at :data:`_MAX_TAG_CHARS`)."""
-    front = sorted(best_trials(study), key=lambda t: t.number)
+def _pareto_summary(
+    front: Sequence[optuna.trial.FrozenTrial],
+) -> tuple[dict[str, float], dict[str, str]]:
+    """A multi-objective study's summary for the parent run, from its Pareto ``front``: the
+    metric ``pareto_front_size``, and the front's trial numbers and run ids as the tags
+    ``hpo.pareto_trials`` and ``hpo.pareto_run_ids`` (comma-separated, by trial number; cut at
+    :data:`_MAX_TAG_CHARS`)."""
+    front = sorted(front, key=lambda t: t.number)
 
     def joined(items: list[str]) -> str:
         text = ",".join(items)
@@ -924,13 +991,13 @@ def promote_champion(
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The best trial (single objective) or the Pareto front (multi-objective); [] if none."""
-    from optuna.trial import TrialState
-
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
     if len(study.directions) > 1:
         return list(study.best_trials)
-    return [study.best_trial]
+    try:
+        # One query for the best trial's id (and the trial): no read of every trial first.
+        return [study.best_trial]
+    except ValueError:  # no trial is complete (or none is feasible)
+        return []
 
 
 def evaluate_best_on_test(

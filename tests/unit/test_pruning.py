@@ -14,12 +14,24 @@ def curves(rng: np.random.Generator, n: int, steps: int = 12) -> np.ndarray:
     return np.cumsum(rng.random((n, steps)) * rng.random((n, 1)), axis=1)
 
 
+PRUNERS = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3),
+    "percentile": lambda: optuna.pruners.PercentilePruner(
+        25.0, n_startup_trials=3, n_warmup_steps=2, interval_steps=3, n_min_trials=4
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")  # Optuna's own, on NaN steps
+@pytest.mark.parametrize("kind", sorted(PRUNERS))
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
-def test_same_decisions_as_the_median_pruner(direction: str) -> None:
+@pytest.mark.parametrize("gaps", [False, True])
+def test_same_decisions_as_optunas_pruner(direction: str, kind: str, gaps: bool) -> None:
+    """``gaps``: some steps are not reported, some values are NaN (a diverging epoch)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = np.random.default_rng(0)
-    plain = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3)
-    pruner = cached(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3))
+    plain = PRUNERS[kind]()
+    pruner = cached(PRUNERS[kind]())
     assert isinstance(pruner, CompletedTrialsCache)
     study = optuna.create_study(direction=direction, pruner=pruner)
     decisions = 0
@@ -27,6 +39,10 @@ def test_same_decisions_as_the_median_pruner(direction: str) -> None:
     for curve in sign * curves(rng, 25):
         trial = study.ask()
         for step, value in enumerate(curve):
+            if gaps and rng.random() < 0.2:
+                continue
+            if gaps and rng.random() < 0.1:
+                value = float("nan")
             trial.report(float(value), step)
             frozen = study._storage.get_trial(trial._trial_id)
             expected = plain.prune(study, frozen)

@@ -92,3 +92,36 @@ def test_a_store_that_is_away_keeps_the_points_for_the_next_write(
     run_trials(summary, [0.5, 0.6])
     assert history(tracker, "n_complete") == [(0, 1.0), (1, 2.0)]
     assert len(warnings) == 1 and "could not update the study's parent run" in warnings[0]
+
+
+def test_a_point_is_the_study_when_its_trial_ended_read_once_per_write(
+    tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = _ParentSummary(tracker, parse_spec(SPEC), interval=3600)
+    study = run_trials(summary, [0.5, 0.9, 0.7])
+    # another worker's trial ends after this worker's points, before they are written
+    late = study.ask()
+    study.tell(late, 0.99)
+    reads: list[int] = []
+    real = study.get_trials
+    monkeypatch.setattr(study, "get_trials", lambda *a, **k: reads.append(1) or real(*a, **k))
+    summary.flush()
+    assert len(reads) == 1  # one read for the two points waiting
+    assert history(tracker, "n_complete") == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert history(tracker, "best_val_accuracy") == [(0, 0.5), (1, 0.9), (2, 0.9)]
+    assert history(tracker, "best_trial") == [(0, 0.0), (1, 1.0), (2, 1.0)]
+
+
+def test_multi_objective_points_carry_the_front_as_it_was(tracker: StudyTracker) -> None:
+    spec = parse_spec(SPEC + "metrics: [val_accuracy, n_params]\n")
+    summary = _ParentSummary(tracker, spec, interval=3600)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values in ([0.5, 100.0], [0.9, 200.0], [0.95, 50.0]):  # the third dominates both
+        trial = study.ask()
+        study.tell(trial, values)
+        summary(study, study.trials[-1])
+    summary.flush()
+    assert history(tracker, "pareto_front_size") == [(0, 1.0), (1, 2.0), (2, 1.0)]
+    assert tracker.parent_run_id is not None
+    assert tracker.client.get_run(tracker.parent_run_id).data.tags["hpo.pareto_trials"] == "2"
