@@ -16,10 +16,14 @@ the directory ``mlflow.pytorch.save_model(serialization_format="pt2")`` writes:
   environment files) and its ``MLmodel`` flavors (not from the first: in a search whose
   architectures never repeat, reading traces back would only cost);
 * a later model of that key gets the kept program with its own weights copied in, checked to give
-  that model's outputs on the input example (bit for bit), then ``torch.export.save`` d; the other
-  files are the kept ones, and ``MLmodel`` is the kept flavors, signature and example on the new
-  model's own identity (id, run, time, size). A check that fails falls back to MLflow's save,
-  whose result replaces the kept one.
+  that model's outputs on the input example (bit for bit); its archive is the kept archive's
+  records with the weights' records replaced by the model's tensors (each weight is a record of
+  raw bytes there). That is ``torch.export.save`` without serializing the same graph again:
+  1-2 ms instead of 15-45 ms for the reference MLP. An archive whose weights are stored any
+  other way (pickled, offset, strided) is written by ``torch.export.save``. The other files are
+  the kept ones, and ``MLmodel`` is the kept flavors, signature and example on the new model's
+  own identity (id, run, time, size). A check that fails falls back to MLflow's save, whose
+  result replaces the kept one.
 
 Dropout's rate is set to 0 for the trace and restored after. The graph is traced in eval mode,
 where Dropout is the identity whatever its rate, but ``torch.export`` writes the rate into the
@@ -119,12 +123,17 @@ class _Template:
     files: dict[str, bytes]  # relative path → content, MLmodel and the pt2 archive aside
     mlmodel: Model
     archive_bytes: int  # the size of its pt2 archive
+    #: The archive's records in order, and which of them hold which weight (state dict name);
+    #: None: the archive is written by torch.export.save.
+    records: list[tuple[str, bytes]] | None = None
+    weights: dict[str, str] | None = None
 
     @property
     def nbytes(self) -> int:
-        """What keeping it costs: its weights and files."""
+        """What keeping it costs: its weights, files and archive records."""
         tensors = sum(t.numel() * t.element_size() for t in self.program.state_dict.values())
-        return tensors + sum(len(content) for content in self.files.values())
+        records = sum(len(data) for _, data in self.records or ())
+        return tensors + records + sum(len(content) for content in self.files.values())
 
 
 class Pt2Cache:
@@ -240,8 +249,15 @@ class Pt2Cache:
             for file in sorted(root.rglob("*"))
             if file.is_file() and file != archive and file.name != MLMODEL
         }
+        records, weights = _archive_records(archive, model.state_dict())
         return _Template(
-            program, program.module(), files, copy.deepcopy(mlflow_model), archive.stat().st_size
+            program,
+            program.module(),
+            files,
+            copy.deepcopy(mlflow_model),
+            archive.stat().st_size,
+            records,
+            weights,
         )
 
     @staticmethod
@@ -268,7 +284,10 @@ class Pt2Cache:
             target.write_bytes(content)
         (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
         archive = root / DATA_DIR / PT2_FILE
-        torch.export.save(template.program, str(archive))
+        if template.records is not None and template.weights is not None:
+            _write_archive(archive, template.records, template.weights, state)
+        else:
+            torch.export.save(template.program, str(archive))
         kept = template.mlmodel
         mlflow_model.flavors = copy.deepcopy(kept.flavors)
         mlflow_model.signature = kept.signature
@@ -281,6 +300,68 @@ class Pt2Cache:
             )
         mlflow_model.save(str(root / MLMODEL))
         return True
+
+
+#: Records ``torch._C.PyTorchFileWriter`` writes itself when an archive is closed.
+_WRITER_RECORDS = frozenset({".data/version", ".data/serialization_id"})
+_WEIGHTS_CONFIG = "data/weights/model_weights_config.json"
+
+
+def _archive_records(
+    archive: Path, state: dict[str, torch.Tensor]
+) -> tuple[list[tuple[str, bytes]] | None, dict[str, str] | None]:
+    """The records of a ``pt2`` archive, and the records holding the weights by their state
+    dict name; (None, None) unless every weight is a record of the tensor's raw bytes
+    (contiguous, from offset 0), as ``torch.export.save`` writes CPU weights."""
+    from torch.export.pt2_archive import PT2ArchiveReader
+
+    reader = PT2ArchiveReader(str(archive))
+    names = [n for n in reader.archive_file.get_all_records() if n not in _WRITER_RECORDS]
+    records = [(name, reader.read_bytes(name)) for name in names]
+    content = dict(records)
+    if _WEIGHTS_CONFIG not in content:
+        return None, None
+    config = json.loads(content[_WEIGHTS_CONFIG]).get("config", {})
+    weights: dict[str, str] = {}
+    for fqn, entry in config.items():
+        record = f"data/weights/{entry.get('path_name')}"
+        tensor = state.get(fqn)
+        meta = entry.get("tensor_meta") or {}
+        offset = (meta.get("storage_offset") or {}).get("as_int")
+        strides = [s.get("as_int") for s in meta.get("strides", [])]
+        if (
+            tensor is None
+            or entry.get("use_pickle")
+            or offset != 0
+            or record not in content
+            or not tensor.is_contiguous()
+            or strides != list(tensor.stride())
+            or len(content[record]) != tensor.numel() * tensor.element_size()
+        ):
+            return None, None
+        weights[record] = fqn
+    if set(weights.values()) != set(state):
+        return None, None
+    return records, weights
+
+
+def _write_archive(
+    archive: Path,
+    records: list[tuple[str, bytes]],
+    weights: dict[str, str],
+    state: dict[str, torch.Tensor],
+) -> None:
+    """The kept archive's records, the weights' records holding ``state``'s tensors."""
+    from torch.export.pt2_archive import PT2ArchiveWriter
+
+    with PT2ArchiveWriter(str(archive)) as writer:
+        for name, data in records:
+            fqn = weights.get(name)
+            if fqn is not None:
+                tensor = state[fqn].detach().contiguous().cpu()
+                data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+            if not writer.has_record(name):
+                writer.write_bytes(name, data)
 
 
 class Pt2Flavor:

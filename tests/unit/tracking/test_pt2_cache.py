@@ -178,3 +178,48 @@ def test_dropout_is_off_for_the_trace_and_restored() -> None:
     with pytest.raises(RuntimeError), dropout_off(model):
         raise RuntimeError("the trace failed")
     assert model[3].p == 0.4
+
+
+def archive_records(path: Path) -> dict[str, bytes]:
+    from torch.export.pt2_archive import PT2ArchiveReader
+
+    reader = PT2ArchiveReader(str(path))
+    names = reader.archive_file.get_all_records()
+    return {n: reader.read_bytes(n) for n in names if n != ".data/serialization_id"}
+
+
+def test_a_reused_archive_holds_what_torch_export_save_writes(
+    tracker: StudyTracker, cache: Pt2Cache, tmp_path: Path
+) -> None:
+    models = [mlp(1), mlp(2), mlp(3, dropout=0.1)]
+    uris = [log(tracker, n, model) for n, model in enumerate(models)]
+    assert cache.hits == 1
+    (template,) = cache._templates.values()
+    assert template.records is not None  # weights are raw records: written without a save
+    reused = archive_records(model_dir(tracker, uris[2]) / "data" / "model.pt2")
+
+    # the same model exported and saved by torch itself, record for record
+    model = models[2].eval()
+    with dropout_off(model):
+        program = torch.export.export(
+            model,
+            (torch.from_numpy(np.repeat(X[:5], 1, axis=0)),),
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+        )
+    torch.export.save(program, str(tmp_path / "model.pt2"))
+    saved = archive_records(tmp_path / "model.pt2")
+    weights = {n for n in saved if n.startswith("data/weights/weight_")}
+    assert len(weights) == len(model.state_dict())  # BatchNorm's int64 counter included
+    assert {n: saved[n] for n in weights} == {n: reused[n] for n in weights}
+    assert reused.keys() == saved.keys()
+
+
+def test_an_archive_with_weights_stored_otherwise_is_saved_by_torch(
+    tracker: StudyTracker, cache: Pt2Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pt2_cache, "_archive_records", lambda *a: (None, None))
+    models = [mlp(1), mlp(2), mlp(3)]
+    uris = [log(tracker, n, model) for n, model in enumerate(models)]
+    (template,) = cache._templates.values()
+    assert template.records is None and cache.hits == 1
+    np.testing.assert_array_equal(outputs(uris[2], tracker), expected(models[2]))
