@@ -214,16 +214,28 @@ class _Sender:
         # Sent again as they are (same timestamps): MLflow's stores key a metric point by (run,
         # key, step, timestamp, value), so a batch that arrives twice is stored once.
         # The run's params too, if the trial ended before its first write (a parameter logged
-        # again with the same value is accepted).
-        rows, params = self.job.metrics, self.job.params
-        if rows or params:
-            from hpo.tracking.runs import _params
+        # again with the same value is accepted). When the model's LoggedModel exists, the
+        # points at its step go linked to it (what linking the model writes again otherwise:
+        # one store call less per run).
+        from hpo.tracking.runs import _params
 
+        rows, params = self.job.metrics, self.job.params
+        m = self.job.model
+        linked: list[Any] = []
+        if m is not None and m.model_id is not None and m.step_metrics is not None:
+            at_step = [r for r in m.step_metrics if int(r[2]) == m.step]
+            keys = {_row_key(r) for r in at_step}
+            rows = [r for r in rows if _row_key(r) not in keys]
+            linked = _metrics(at_step, run_id=self.job.run_id, model_id=m.model_id)
+        if rows or params or linked:
             self._call(
                 lambda: self.tracker._log_batch(
-                    self.job.run_id, metrics=_metrics(rows), params=_params(params)
+                    self.job.run_id, metrics=_metrics(rows) + linked, params=_params(params)
                 )
             )
+        if linked:
+            # Recorded with the step's completion (_mark writes the progress next).
+            self.progress["metrics_linked"] = True
 
     def _send_plots(self, unsure: bool) -> None:
         p = self.job.plots
@@ -275,7 +287,8 @@ class _Sender:
                 tags=m.tags,
                 step=m.step,
                 link=link,
-                step_metrics=m.step_metrics,
+                # Linked with the run's metrics already: only the run's output is left.
+                step_metrics=[] if self.progress.get("metrics_linked") else m.step_metrics,
             )
 
         def check() -> str | None:
@@ -326,10 +339,23 @@ class _Sender:
         return predict_proba(self._rebuilt(), X, torch.device("cpu"))
 
 
-def _metrics(rows: Sequence[Sequence[Any]]) -> list[Any]:
+def _metrics(
+    rows: Sequence[Sequence[Any]], run_id: str | None = None, model_id: str | None = None
+) -> list[Any]:
+    """MLflow metrics from ``[key, value, step, timestamp_ms]`` rows; ``model_id``: linked to
+    that LoggedModel (as MLflow links a model's metrics: with the ``run_id`` too)."""
     from mlflow.entities import Metric
 
-    return [Metric(str(k), float(v), int(ts), int(step)) for k, v, step, ts in rows]
+    return [
+        Metric(str(k), float(v), int(ts), int(step), run_id=run_id, model_id=model_id)
+        for k, v, step, ts in rows
+    ]
+
+
+def _row_key(row: Sequence[Any]) -> tuple[str, str, int, int]:
+    """A metric row's identity (its value as text: NaN equals NaN here)."""
+    key, value, step, timestamp = row
+    return str(key), repr(float(value)), int(step), int(timestamp)
 
 
 # -- the worker's side ---------------------------------------------------------------------------

@@ -268,6 +268,9 @@ def test_the_model_links_the_runs_metrics_at_its_step(tracker: StudyTracker) -> 
     expected = run_metrics_at(tracker, run.run_id, EPOCHS)
     assert linked_metrics(tracker, uri) == expected
     assert {key for key, _, _ in expected} == {"train_loss", "val_loss", "val_accuracy", "val_f1"}
+    for key in ("train_loss", "val_f1"):  # linked with the run's metrics: each point once
+        history = tracker.client.get_metric_history(run.run_id, key)
+        assert sorted(m.step for m in history) == sorted({m.step for m in history})
     outputs = tracker.client.get_run(run.run_id).outputs
     assert outputs is not None
     assert [(o.model_id, o.step) for o in outputs.model_outputs] == [
