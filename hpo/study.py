@@ -441,6 +441,10 @@ def run_study(
             _end_parent(study, spec, tracker)
     failures = runner.failures
     result.stopped_reason = failures.reason
+    if runner.finisher.shared:
+        # A local worker of `hpo study start --workers N`: its runs may not be sent yet; the
+        # process that started it does step 4 once they are (run_local_workers).
+        return result
     # 4. once per study, whichever process gets here first (the others reuse its numbers)
     with study_lock(storage_url, spec.name):
         if data.X_test is not None:
@@ -609,10 +613,13 @@ def run_local_workers(
 
     This process checks everything and creates the study and its parent run once, then starts
     the workers, each with its share of the cores, and calls ``on_poll`` about every second
-    while they run. A worker that fails makes this a :class:`~hpo.errors.HpoError` that shows
-    the end of its error output.
+    while they run. The workers only spool their trials' runs: this process sends them, from a
+    thread (:class:`hpo.tracking.finisher.SpoolWatcher`), and does the study's end once every
+    run is in the store. A worker that fails makes this a :class:`~hpo.errors.HpoError` that
+    shows the end of its error output.
     """
     from hpo.errors import HpoError
+    from hpo.tracking.finisher import Finisher, SpoolWatcher
     from hpo.worker import budget_usage, spawn_workers, wait_for_workers
 
     data = prepare_data(spec, str(file))
@@ -632,17 +639,30 @@ def run_local_workers(
     before = finished_count(study)
     if on_start is not None:
         on_start(study, spec.trials - before)
-    procs = spawn_workers(
-        workers,
-        str(file),
-        storage_url=storage_url,
-        tracking_uri=tracking_uri,
-        study_name=spec.name,
-        timeout=timeout,
-        force=force,
-        extra=extra_args,
+    # Started first: its warm-up overlaps the workers' imports.
+    watcher = SpoolWatcher(
+        Finisher(tracker, background=False, shared=False),
+        on_sent=_SentRuns(study, spec, tracker).handle,
     )
-    failed = wait_for_workers(procs, poll=(lambda: on_poll(study)) if on_poll else None)
+    tracker.finisher = watcher.finisher
+    watcher.start()
+    try:
+        procs = spawn_workers(
+            workers,
+            str(file),
+            storage_url=storage_url,
+            tracking_uri=tracking_uri,
+            study_name=spec.name,
+            timeout=timeout,
+            force=force,
+            extra=extra_args,
+        )
+        failed = wait_for_workers(procs, poll=(lambda: on_poll(study)) if on_poll else None)
+    finally:
+        try:
+            watcher.close()
+        finally:
+            tracker.finisher = None
     result.ran = finished_count(study) - before
     if failed:
         codes = ", ".join(str(w.process.returncode) for w in failed)

@@ -560,6 +560,8 @@ def spawn_workers(
     """Start ``k`` ``hpo worker`` processes on the study of ``file``.
 
     Each takes a 1/k share of the cores (``--local-workers k``) and prints nothing but errors.
+    They leave their trials' runs in the spool for this process to send
+    (``HPO_FINISHER=shared``: :class:`hpo.tracking.finisher.SpoolWatcher`).
     """
     cmd = [
         sys.executable, "-m", "hpo", "worker", file,
@@ -571,10 +573,13 @@ def spawn_workers(
     if force:
         cmd.append("--force")
     cmd += list(extra)
+    from hpo.tracking.finisher import MODE_ENV, SHARED
+
+    env = {**os.environ, MODE_ENV: SHARED}
     workers = []
     for _ in range(k):
         err = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function, see tail()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
         workers.append(WorkerProcess(proc, err))
     return workers
 

@@ -57,7 +57,12 @@ QUIET_SECONDS = 3.0
 UNREACHABLE = "tracking store unreachable"
 #: ``HPO_FINISHER=inline`` sends jobs in the trial's own thread (no background process),
 #: ``background`` from a background process; unset: see :func:`background_default`.
+#: ``shared``: the worker only spools its jobs; the process that started it sends them
+#: (``hpo study start --workers N`` sets it for its workers: :class:`SpoolWatcher`).
 MODE_ENV = "HPO_FINISHER"
+SHARED = "shared"
+#: How often a :class:`SpoolWatcher` looks for new jobs (seconds).
+WATCH_SECONDS = 0.05
 
 
 def background_default(device: str = "cpu", spare_cores: int = 0) -> bool:
@@ -78,6 +83,12 @@ def background_default(device: str = "cpu", spare_cores: int = 0) -> bool:
     if mode in ("background", "inline"):
         return mode == "background"
     return device.split(":", 1)[0] != "cpu" or spare_cores > 0
+
+
+def shared_default() -> bool:
+    """Whether this worker's runs are sent by the process that started it
+    (``HPO_FINISHER=shared``)."""
+    return os.environ.get(MODE_ENV, "").strip().lower() == SHARED
 
 
 def outage_seconds() -> float:
@@ -377,10 +388,16 @@ class Finisher:
         background: bool | None = None,
         outage: float | None = None,
         warn: Callable[[str], None] | None = None,
+        shared: bool | None = None,
     ) -> None:
+        """``shared`` (default: ``HPO_FINISHER=shared``): jobs are only left in the spool, for
+        the process that started this one to send (:class:`SpoolWatcher`)."""
         self.tracker = tracker
+        self.shared = shared_default() if shared is None else shared
         # None: HPO_FINISHER, else in this thread (no device known here; see background_default)
         self.background = background_default() if background is None else background
+        if self.shared:
+            self.background = False
         self.outage = outage_seconds() if outage is None else outage
         self.warn = warn or _stderr
         self._proc: subprocess.Popen[bytes] | None = None
@@ -393,7 +410,7 @@ class Finisher:
 
     # -- the background process -----------------------------------------------------------------
     def start(self) -> None:
-        """Start the background process now (no-op inline or when running)."""
+        """Start the background process now (no-op inline, shared or when running)."""
         if not self.background or (self._proc is not None and self._proc.poll() is None):
             return
         env = {**os.environ, OUTAGE_ENV: str(self.outage)}
@@ -420,7 +437,9 @@ class Finisher:
 
     def submit(self, path: Path) -> Sent | None:
         """Send the job at ``path``: handed to the background process, or sent now (inline,
-        returning what became of it)."""
+        returning what became of it); shared: left in the spool (returns None)."""
+        if self.shared:
+            return None
         if not self.background:
             sent = self._send_inline(path)
             if sent is not None:
@@ -564,6 +583,75 @@ class Finisher:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+class SpoolWatcher:
+    """Sends the runs that a study's local workers (``HPO_FINISHER=shared``) leave in this
+    machine's spool, from a thread of the process that started them (``hpo study start
+    --workers N``), through ``finisher``; ``on_sent`` gets what was sent (the champion moves
+    there).
+
+    One sender for every local worker: the seconds of warming up ``torch.export`` are paid
+    once, while the workers import and load their data, and the traces it keeps
+    (:mod:`hpo.tracking.pt2_cache`) serve every worker's trials. Each worker sending its own runs
+    paid both per worker, inside its first trial.
+    """
+
+    def __init__(
+        self,
+        finisher: Finisher,
+        on_sent: Callable[[list[Sent]], None] | None = None,
+        every: float = WATCH_SECONDS,
+    ) -> None:
+        self.finisher = finisher
+        self.on_sent = on_sent
+        self.every = every
+        self._submitted: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hpo-spool-watcher", daemon=True)
+        self._failed = False
+
+    def start(self) -> None:
+        """Warm up and watch, in the background."""
+        self.finisher.start()
+        self._thread.start()
+
+    def _run(self) -> None:
+        if not self.finisher.background:
+            from hpo.tracking import pt2_cache
+
+            try:
+                pt2_cache.warm_up()
+            except Exception as exc:  # never worth a run: the first model will tell
+                self.finisher.warn(f"could not warm up the model export: {exc}")
+        while not self._stop.wait(self.every):
+            self.scan()
+
+    def scan(self) -> None:
+        """Send the jobs that appeared since the last scan; hand on what was sent."""
+        try:
+            for path in spool.list_jobs(self.finisher.tracker.study_name):
+                if str(path) not in self._submitted:
+                    self._submitted.add(str(path))
+                    self.finisher.submit(path)
+            sent = self.finisher.poll()
+            if sent and self.on_sent is not None:
+                self.on_sent(sent)
+        except Exception as exc:  # keep watching: a job that fails is the sender's to report
+            if not self._failed:
+                self._failed = True
+                self.finisher.warn(f"sending the workers' runs: {type(exc).__name__}: {exc}")
+
+    def close(self) -> None:
+        """Stop watching, send what is left, wait for every job (the study's end needs its
+        runs)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.scan()
+        sent = self.finisher.drain()
+        if sent and self.on_sent is not None:
+            self.on_sent(sent)
 
 
 def _unreachable(sent: Sent) -> bool:

@@ -301,16 +301,21 @@ def test_study_start_with_two_workers_meets_the_budget_under_one_parent(
     storage, tracking = sqlite_stores
     budget = 4
     spec = write_spec(tmp_path, "two", trials=budget, epochs=1)
+    from mlflow.entities import LoggedModelStatus
+
+    spool = tmp_path / "spool"
     result = subprocess.run(
         [
             *HPO, "study", "start", str(spec), "--workers", "2", "--storage", storage,
             "--tracking-uri", tracking, "-q",
         ],
-        cwd=tmp_path, env=ENV, text=True, capture_output=True, timeout=180,
+        cwd=tmp_path, env={**ENV, "HPO_SPOOL_DIR": str(spool), "HPO_FINISHER": "inline"},
+        text=True, capture_output=True, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     study = study_of(storage, "two")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * budget  # exactly
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
     client = MlflowClient(tracking)
     experiment = client.get_experiment_by_name("two")
     assert experiment is not None
@@ -321,3 +326,16 @@ def test_study_start_with_two_workers_meets_the_budget_under_one_parent(
     assert len(children) == budget
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert f"{budget} in total (budget {budget})" in " ".join(result.stdout.split())
+    # The workers only spooled their runs; this process sent every one before the study's end
+    # (whatever HPO_FINISHER the user set), which then found the best model and its plots.
+    assert [p for p in spool.rglob("*") if p.is_dir() and p.parent != spool] == []
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.params
+        (model,) = client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{child.info.run_id}'"
+        )
+        assert model.status == LoggedModelStatus.READY
+    assert parents[0].data.tags["hpo.champion_version"]
+    assert parents[0].data.metrics["n_complete"] == budget
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "study_report")}
+    assert "study_report/report.html" in artifacts, artifacts

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -192,20 +194,33 @@ def test_a_server_away_too_long_stops_the_worker_and_sync_sends_the_runs(
         assert_runs_complete(MlflowClient(server.url), "away", 2)
 
 
-def injected(n: int, method: str, path: str, body: bytes) -> str:
+def injected() -> Callable[[int, str, str, bytes], str]:
     """Every 16th call a trial makes (its run, metrics, model, artifacts, end) fails: 503, 429,
     or a connection dropped after the server did the work, in turn. Sporadic, as on a busy
-    server: a model upload (about a dozen requests, sent again whole) gets through on a retry."""
-    trial_call = (
-        ("runs/create" in path and b"hpo.trial" in body)
-        or "runs/log-batch" in path
-        or "runs/update" in path
-        or "/artifacts/" in path
-        or "logged-models" in path
-    )
-    if not trial_call or n % 16:
-        return "pass"
-    return ("503", "429", "drop")[(n // 16) % 3]
+    server: a model upload (about a dozen requests, sent again whole) gets through on a retry.
+    Counted over the trials' calls only, so each kind comes up whatever else is sent between."""
+    lock = threading.Lock()
+    calls = 0
+
+    def faults(n: int, method: str, path: str, body: bytes) -> str:
+        nonlocal calls
+        trial_call = (
+            ("runs/create" in path and b"hpo.trial" in body)
+            or "runs/log-batch" in path
+            or "runs/update" in path
+            or "/artifacts/" in path
+            or "logged-models" in path
+        )
+        if not trial_call:
+            return "pass"
+        with lock:
+            calls += 1
+            k = calls
+        if k % 16:
+            return "pass"
+        return ("503", "429", "drop")[(k // 16) % 3]
+
+    return faults
 
 
 def test_503_429_and_dropped_connections_are_retried_without_duplicates(
@@ -213,7 +228,7 @@ def test_503_429_and_dropped_connections_are_retried_without_duplicates(
 ) -> None:
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
     spec = write_spec(tmp_path, "flaky", trials=3, samples=1200)
-    with MlflowServer(tmp_path) as server, FaultyProxy(server.url, injected) as proxy:
+    with MlflowServer(tmp_path) as server, FaultyProxy(server.url, injected()) as proxy:
         proc = start(tmp_path, spec, storage, proxy.url, outage=120)
         _, err = proc.communicate(timeout=400)
         assert proc.returncode == 0, err

@@ -336,3 +336,34 @@ def test_warm_up_traces_saves_and_reads_back_a_model() -> None:
     from hpo.tracking import pt2_cache
 
     pt2_cache.warm_up()  # raises if any of the steps a first model takes fails
+
+
+def test_a_shared_worker_spools_and_the_watcher_sends(
+    tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hpo study start --workers N``: the workers (HPO_FINISHER=shared) only spool their runs;
+    the process that started them sends them, and hears what was sent (the champion moves)."""
+    from hpo.tracking.finisher import SpoolWatcher
+
+    monkeypatch.setenv("HPO_FINISHER", "shared")
+    tracker.finisher = Finisher(tracker)
+    assert tracker.finisher.shared and not tracker.finisher.background
+    runs = [a_finished_trial(tracker, number) for number in range(2)]
+    assert [run.end("COMPLETE") for run, *_ in runs] == [None, None]
+    assert len(spool.list_jobs("demo")) == 2  # waiting for the study's process
+    assert tracker.client.get_run(runs[0][0].run_id).info.status == "RUNNING"
+
+    heard: list[int] = []
+    watcher = SpoolWatcher(
+        Finisher(tracker, background=False, shared=False),
+        on_sent=lambda sent: heard.extend(s.trial for s in sent if s.ok),
+        every=0.01,
+    )
+    watcher.start()
+    late, model, X, uri = a_finished_trial(tracker, 2)  # a job that comes while it watches
+    late.end("COMPLETE")
+    watcher.close()
+    assert sorted(heard) == [0, 1, 2]
+    assert spool.list_jobs("demo") == []
+    assert uri is not None
+    assert_complete(tracker, late, model, X, uri)
