@@ -639,6 +639,12 @@ def run_local_workers(
     before = finished_count(study)
     if on_start is not None:
         on_start(study, spec.trials - before)
+    # One thread for this process's torch: the workers take the cores. With torch's default
+    # (a thread per core), the sender's small forwards and exports woke a pool of threads
+    # that competed with both workers' training: their trials took 0.4 s instead of 0.25 s.
+    import torch
+
+    torch.set_num_threads(1)
     # Started first: its warm-up overlaps the workers' imports.
     watcher = SpoolWatcher(
         Finisher(tracker, background=False, shared=False),

@@ -201,20 +201,27 @@ class _Sender:
         self._module: nn.Module | None = None
 
     def run(self) -> None:
-        for step in self.STEPS:
-            if step in self.progress["done"]:
-                continue
+        todo = [step for step in self.STEPS if step not in self.progress["done"]]
+        for i, step in enumerate(todo):
             # Started before and not done: the last attempt's fate is unknown.
             unsure = step in self.progress.get("started", [])
-            self._mark("started", step)
+            if self._add("started", step):
+                spool.write_progress(self.path, self.progress)
             getattr(self, f"_send_{step}")(unsure)
-            self._mark("done", step)
-
-    def _mark(self, kind: str, step: str) -> None:
-        steps = self.progress.setdefault(kind, [])
-        if step not in steps:
-            steps.append(step)
+            self._add("done", step)
+            # The next step counts as started with this one's end: one write per step, not
+            # two (a crash in between only makes the next attempt check that step first).
+            if i + 1 < len(todo):
+                self._add("started", todo[i + 1])
             spool.write_progress(self.path, self.progress)
+
+    def _add(self, kind: str, step: str) -> bool:
+        """Note ``step`` as ``kind`` (not written yet); False if it was already."""
+        steps = self.progress.setdefault(kind, [])
+        if step in steps:
+            return False
+        steps.append(step)
+        return True
 
     def _call(self, fn: Callable[[], Any], check: Callable[[], Any] | None = None) -> Any:
         with single_attempt():
@@ -245,7 +252,7 @@ class _Sender:
                 )
             )
         if linked:
-            # Recorded with the step's completion (_mark writes the progress next).
+            # Recorded with the step (written with its end, in run()).
             self.progress["metrics_linked"] = True
 
     def _send_plots(self, unsure: bool) -> None:
