@@ -235,8 +235,15 @@ class _Sender:
         # again with the same value is accepted). When the model's LoggedModel exists, the
         # points at its step go linked to it (what linking the model writes again otherwise:
         # one store call less per run).
-        from hpo.tracking.runs import _params
+        # The run's end tags (hpo.state, …) too: the trial has ended; only the run's status
+        # waits for the plots and the model (the end step), one store call less per run.
+        from mlflow.entities import RunTag
 
+        from hpo.tracking.runs import _params, end_tags
+
+        tags = [
+            RunTag(k, v) for k, v in end_tags(self.job.state, self.job.error, self.job.tags).items()
+        ]
         rows, params = self.job.metrics, self.job.params
         m = self.job.model
         linked: list[Any] = []
@@ -245,14 +252,14 @@ class _Sender:
             keys = {_row_key(r) for r in at_step}
             rows = [r for r in rows if _row_key(r) not in keys]
             linked = _metrics(at_step, run_id=self.job.run_id, model_id=m.model_id)
-        if rows or params or linked:
-            self._call(
-                lambda: self.tracker._log_batch(
-                    self.job.run_id, metrics=_metrics(rows) + linked, params=_params(params)
-                )
+        self._call(
+            lambda: self.tracker._log_batch(
+                self.job.run_id, metrics=_metrics(rows) + linked, params=_params(params), tags=tags
             )
+        )
+        # Recorded with the step (written with its end, in run()).
+        self.progress["end_tags"] = True
         if linked:
-            # Recorded with the step (written with its end, in run()).
             self.progress["metrics_linked"] = True
 
     def _send_plots(self, unsure: bool) -> None:
@@ -326,7 +333,14 @@ class _Sender:
 
     def _send_end(self, unsure: bool) -> None:
         job = self.job
-        self._call(lambda: self.run_.close(job.state, job.error, tags=job.tags))
+        # An earlier attempt that failed for good marked the run FAILED: its tags are written
+        # again then.
+        if self.progress.get("end_tags") and not self.progress.get("failed"):
+            from hpo.tracking.runs import RUN_STATUS
+
+            self._call(lambda: self.tracker._terminate(job.run_id, RUN_STATUS[job.state]))
+        else:  # a job whose first step came before its end tags did
+            self._call(lambda: self.run_.close(job.state, job.error, tags=job.tags))
         if self.progress.get("failed") and job.state != "FAIL":
             # An earlier attempt marked the run FAILED: that verdict no longer holds.
             with contextlib.suppress(Exception):

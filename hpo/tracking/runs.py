@@ -1030,15 +1030,24 @@ class TrialRun:
         :meth:`end`)."""
         from mlflow.entities import RunTag
 
-        if state not in RUN_STATUS:
-            raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, got {state!r}")
-        all_tags = {**(tags or {}), "hpo.state": state}
-        if state == "FAIL":
-            all_tags["hpo.error"] = (error or "unknown error")[:MAX_ERROR_CHARS]
-        elif error:
-            all_tags["hpo.reason"] = error[:MAX_ERROR_CHARS]
+        all_tags = end_tags(state, error, tags)
         self.tracker._log_batch(self.run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
         self.tracker._terminate(self.run_id, RUN_STATUS[state])
+
+
+def end_tags(
+    state: str, error: str | None = None, tags: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The tags that end a trial's run: ``tags``, ``hpo.state``, and ``hpo.error`` (FAIL) or
+    ``hpo.reason`` (the error or reason of another state)."""
+    if state not in RUN_STATUS:
+        raise ValueError(f"state must be one of {sorted(RUN_STATUS)}, got {state!r}")
+    all_tags = {**(tags or {}), "hpo.state": state}
+    if state == "FAIL":
+        all_tags["hpo.error"] = (error or "unknown error")[:MAX_ERROR_CHARS]
+    elif error:
+        all_tags["hpo.reason"] = error[:MAX_ERROR_CHARS]
+    return all_tags
 
 
 def _params(values: Mapping[str, str]) -> list[Any]:
