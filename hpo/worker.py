@@ -556,11 +556,12 @@ def spawn_workers(
     timeout: float | None = None,
     force: bool = False,
     extra: Sequence[str] = (),
+    shared_sender: bool = False,
 ) -> list[WorkerProcess]:
     """Start ``k`` ``hpo worker`` processes on the study of ``file``.
 
     Each takes a 1/k share of the cores (``--local-workers k``) and prints nothing but errors.
-    They leave their trials' runs in the spool for this process to send
+    ``shared_sender``: they leave their trials' runs in the spool for this process to send
     (``HPO_FINISHER=shared``: :class:`hpo.tracking.finisher.SpoolWatcher`).
     """
     cmd = [
@@ -575,7 +576,7 @@ def spawn_workers(
     cmd += list(extra)
     from hpo.tracking.finisher import MODE_ENV, SHARED
 
-    env = {**os.environ, MODE_ENV: SHARED}
+    env = {**os.environ, MODE_ENV: SHARED} if shared_sender else None
     workers = []
     for _ in range(k):
         err = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function, see tail()

@@ -419,6 +419,8 @@ class Finisher:
         self.background = background_default() if background is None else background
         if self.shared:
             self.background = False
+        # Who sends a shared worker's jobs: the process that started it, while it lives.
+        self._parent = os.getppid()
         self.outage = outage_seconds() if outage is None else outage
         self.warn = warn or _stderr
         self._proc: subprocess.Popen[bytes] | None = None
@@ -460,6 +462,7 @@ class Finisher:
         """Send the job at ``path``: handed to the background process, or sent now (inline,
         returning what became of it); shared: left in the spool (returns None)."""
         if self.shared:
+            self._orphaned()  # if so, it sent this job with the others it left
             return None
         if not self.background:
             sent = self._send_inline(path)
@@ -476,6 +479,19 @@ class Finisher:
         except (BrokenPipeError, OSError):
             self._revive()
         return None
+
+    def _orphaned(self) -> bool:
+        """A shared worker whose study process is gone (killed): from now on it sends its
+        runs itself, the ones it left in the spool first."""
+        if not self.shared or os.getppid() == self._parent:
+            return False
+        self.shared = False
+        self.warn(
+            "the process that started this worker is gone: it sends its trial runs itself now"
+        )
+        for path in spool.list_jobs(self.tracker.study_name):
+            self.submit(path)
+        return True
 
     def _send_inline(self, path: Path) -> Sent | None:
         sent = self._inline_outage.send(path, self.tracker, self.warn)
@@ -564,6 +580,7 @@ class Finisher:
         Ctrl-C stops the wait: the background process is stopped, and the jobs it had not sent
         stay in the spool (``hpo sync``).
         """
+        self._orphaned()
         proc = self._proc
         if proc is None:
             return self.poll()

@@ -367,3 +367,25 @@ def test_a_shared_worker_spools_and_the_watcher_sends(
     assert spool.list_jobs("demo") == []
     assert uri is not None
     assert_complete(tracker, late, model, X, uri)
+
+
+def test_a_shared_worker_whose_study_process_died_sends_its_runs_itself(
+    tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    warnings: list[str] = []
+    tracker.finisher = Finisher(tracker, shared=True, background=False, warn=warnings.append)
+    first, *_ = a_finished_trial(tracker, 0)
+    first.end("COMPLETE")
+    assert len(spool.list_jobs("demo")) == 1  # left for the study process
+    parent = os.getppid()
+    monkeypatch.setattr(os, "getppid", lambda: parent + 1)  # it was killed: adopted by init
+    second, model, X, uri = a_finished_trial(tracker, 1)
+    second.end("COMPLETE")
+    assert spool.list_jobs("demo") == []  # both sent, the one left behind first
+    assert not tracker.finisher.shared
+    assert len(warnings) == 1 and "sends its trial runs itself" in warnings[0]
+    assert sorted(s.trial for s in tracker.finisher.poll() if s.ok) == [0, 1]
+    assert uri is not None
+    assert_complete(tracker, second, model, X, uri)
