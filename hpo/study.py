@@ -837,19 +837,15 @@ class _ParentSummary:
             return
         from optuna.trial import TrialState
 
-        trials = self.study.get_trials(deepcopy=False)
         directions = self.study.directions
+        finished = [
+            (t, t.datetime_complete.timestamp() if t.datetime_complete else math.inf)
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state.is_finished()
+        ]
         for number, at in self._ended:
             # Finished by then (this trial itself whatever the clocks say).
-            done = [
-                t
-                for t in trials
-                if t.state.is_finished()
-                and (
-                    t.number == number
-                    or (t.datetime_complete is not None and t.datetime_complete.timestamp() <= at)
-                )
-            ]
+            done = [t for t, ended in finished if ended <= at or t.number == number]
             counts = {s: 0 for s in ("complete", "pruned", "fail")}
             for t in done:
                 key = t.state.name.lower()

@@ -251,10 +251,13 @@ class _Sender:
             at_step = [r for r in m.step_metrics if int(r[2]) == m.step]
             keys = {_row_key(r) for r in at_step}
             rows = [r for r in rows if _row_key(r) not in keys]
-            linked = _metrics(at_step, run_id=self.job.run_id, model_id=m.model_id)
+            linked = spool.row_metrics(at_step, run_id=self.job.run_id, model_id=m.model_id)
         self._call(
             lambda: self.tracker._log_batch(
-                self.job.run_id, metrics=_metrics(rows) + linked, params=_params(params), tags=tags
+                self.job.run_id,
+                metrics=spool.row_metrics(rows) + linked,
+                params=_params(params),
+                tags=tags,
             )
         )
         # Recorded with the step (written with its end, in run()).
@@ -371,19 +374,6 @@ class _Sender:
         return predict_proba(self._rebuilt(), X, torch.device("cpu"))
 
 
-def _metrics(
-    rows: Sequence[Sequence[Any]], run_id: str | None = None, model_id: str | None = None
-) -> list[Any]:
-    """MLflow metrics from ``[key, value, step, timestamp_ms]`` rows; ``model_id``: linked to
-    that LoggedModel (as MLflow links a model's metrics: with the ``run_id`` too)."""
-    from mlflow.entities import Metric
-
-    return [
-        Metric(str(k), float(v), int(ts), int(step), run_id=run_id, model_id=model_id)
-        for k, v, step, ts in rows
-    ]
-
-
 def _row_key(row: Sequence[Any]) -> tuple[str, str, int, int]:
     """A metric row's identity (its value as text: NaN equals NaN here)."""
     key, value, step, timestamp = row
@@ -480,18 +470,17 @@ class Finisher:
             self._revive()
         return None
 
-    def _orphaned(self) -> bool:
+    def _orphaned(self) -> None:
         """A shared worker whose study process is gone (killed): from now on it sends its
         runs itself, the ones it left in the spool first."""
         if not self.shared or os.getppid() == self._parent:
-            return False
+            return
         self.shared = False
         self.warn(
             "the process that started this worker is gone: it sends its trial runs itself now"
         )
         for path in spool.list_jobs(self.tracker.study_name):
             self.submit(path)
-        return True
 
     def _send_inline(self, path: Path) -> Sent | None:
         sent = self._inline_outage.send(path, self.tracker, self.warn)
@@ -655,13 +644,8 @@ class SpoolWatcher:
         self._thread.start()
 
     def _run(self) -> None:
-        if not self.finisher.background:
-            from hpo.tracking import pt2_cache
-
-            try:
-                pt2_cache.warm_up()
-            except Exception as exc:  # never worth a run: the first model will tell
-                self.finisher.warn(f"could not warm up the model export: {exc}")
+        if not self.finisher.background:  # else its background process warms up
+            _warm_up(self.finisher.warn)
         while not self._stop.wait(self.every):
             self.scan()
 
@@ -768,6 +752,17 @@ def sync_spool(study_name: str, tracker: StudyTracker, *, outage: float = 30.0) 
     return [s for s in sent if s is not None]
 
 
+def _warm_up(warn: Callable[[str], None]) -> None:
+    """:func:`hpo.tracking.pt2_cache.warm_up`, a failure said with ``warn`` (a warm-up is never
+    worth a job: the first model will tell)."""
+    from hpo.tracking import pt2_cache
+
+    try:
+        pt2_cache.warm_up()
+    except Exception as exc:
+        warn(f"could not warm up the model export: {exc}")
+
+
 # -- the background process ----------------------------------------------------------------------
 def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
     """The background process's loop: a JSON header line, then one job path per line."""
@@ -780,14 +775,7 @@ def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
     def warn(message: str) -> None:
         emit({"event": "warning", "message": message})
 
-    from hpo.tracking import pt2_cache
-
-    # While the first trial trains: its job would otherwise pay these seconds.
-    try:
-        pt2_cache.warm_up()
-    except Exception as exc:  # a warm-up is never worth a job: the first model will tell
-        warn(f"could not warm up the model export: {exc}")
-
+    _warm_up(warn)  # while the first trial trains: its job would otherwise pay these seconds
     for line in lines:
         if line.strip():
             sent = clock.send(Path(line.strip()), tracker, warn)

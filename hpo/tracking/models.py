@@ -181,21 +181,13 @@ def _link_model(
 ) -> None:
     """The model as the run's output at ``step``, and the run's metrics at ``step`` as the
     model's (MLflow's ``Model.log`` with a ``run_id``, without reading the run back)."""
-    from mlflow.entities import LoggedModelOutput, Metric
+    from mlflow.entities import LoggedModelOutput
+
+    from hpo.tracking.spool import row_metrics
 
     client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=step)])
-    metrics = [
-        Metric(
-            key=str(key),
-            value=float(value),
-            timestamp=int(timestamp),
-            step=int(at),
-            run_id=run_id,
-            model_id=model_id,
-        )
-        for key, value, at, timestamp in step_metrics
-        if int(at) == step
-    ]
+    at_step = [row for row in step_metrics if int(row[2]) == step]
+    metrics = row_metrics(at_step, run_id=run_id, model_id=model_id)
     if metrics:
         client.log_batch(run_id=run_id, metrics=metrics)
 

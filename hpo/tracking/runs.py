@@ -640,7 +640,7 @@ class StudyTracker:
                 f"{outage_seconds():.0f} s while {what}: {_first_line(exc.__cause__ or exc)}"
             ) from None
         trial = TrialRun(self, run_id, number)
-        trial.log_params(params, now=False)
+        trial.log_params(params)
         self._unreachable_since = None
         return trial
 
@@ -740,23 +740,17 @@ class TrialRun:
         self._model: ModelInputs | None = None
 
     # -- metrics and params --------------------------------------------------------------------
-    def log_params(self, params: Mapping[str, Any], *, now: bool = True) -> None:
-        """Log parameters (values stringified, cut at MLflow's 6000 characters): at once, or
-        (``now=False``) with the next write of metrics or the end of the run."""
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record parameters (values stringified, cut at MLflow's 6000 characters); written with
+        the next write of metrics (:meth:`flush`) or the end of the run."""
         values = _str_params(params)
         self.params.update(values)
         self._pending_params.update(values)
-        if now:
-            pending, self._pending_params = self._pending_params, {}
-            try:
-                self.tracker._log_batch(self.run_id, params=_params(pending))
-            except BaseException:
-                self._pending_params = {**pending, **self._pending_params}
-                raise
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Record one epoch's metrics at ``step=epoch``; written in batches (see
-        :data:`EPOCH_FLUSH_SECONDS`), the first epoch at once."""
+        :data:`EPOCH_FLUSH_SECONDS`), the first :data:`EPOCH_FLUSH_SECONDS` after the run's
+        start."""
         now = _now_ms()
         if epoch > self._last_epoch:
             self._last_epoch, self._step_points = epoch, []

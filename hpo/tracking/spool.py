@@ -34,7 +34,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -292,3 +292,16 @@ def remove_job(path: Path) -> None:
 def metric_rows(metrics: Sequence[Any]) -> list[list[Any]]:
     """MLflow ``Metric`` entities → ``[key, value, step, timestamp]`` rows."""
     return [[m.key, float(m.value), int(m.step), int(m.timestamp)] for m in metrics]
+
+
+def row_metrics(
+    rows: Iterable[Sequence[Any]], run_id: str | None = None, model_id: str | None = None
+) -> list[Any]:
+    """``[key, value, step, timestamp]`` rows → MLflow ``Metric`` entities; ``model_id``: linked
+    to that LoggedModel (as MLflow links a model's metrics: with the ``run_id`` too)."""
+    from mlflow.entities import Metric
+
+    return [
+        Metric(str(k), float(v), int(ts), int(step), run_id=run_id, model_id=model_id)
+        for k, v, step, ts in rows
+    ]
