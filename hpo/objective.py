@@ -13,6 +13,7 @@ live trial's result is never thrown away because of the storage.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -139,20 +140,12 @@ class Objective:
         #: Stored with every model: how to turn raw rows into its input (see :mod:`hpo.serving`).
         self.model_metadata = model_metadata(spec, data)
 
-    def _set_attr(self, trial: optuna.Trial, key: str, value: Any, *, now: bool = False) -> None:
-        """Record a user attribute of the trial: written with the trial's end (by the worker
-        loop, in one transaction with the others), or ``now`` (what a dead worker's trial must
-        already have: its run id). A storage that cannot take a write now keeps it for later.
-        """
+    def _set_attr(self, trial: optuna.Trial, key: str, value: Any) -> None:
+        """Record a user attribute of the trial: written with the trial's end, by the worker
+        loop, in one transaction with the others (the run's id is also written as soon as the
+        run exists: :meth:`_run_opened`)."""
         self.attrs[key] = value
         self.unsaved.add(key)
-        if not now:
-            return
-        try:
-            trial.set_user_attr(key, value)
-            self.unsaved.discard(key)
-        except STORAGE_WRITE_ERRORS:
-            pass
 
     def flush_reports(self, trial: optuna.Trial) -> None:
         """Write the values reported so far (a long trial's curve, live in the dashboard)."""
@@ -194,13 +187,18 @@ class Objective:
             "epochs": spec.train.epochs,
             "seed": spec.train.seed,
         }
+        # Against a tracking server the run and its LoggedModel are created while the trial
+        # trains (the trial waits for them only at its end); the run's id is written to the
+        # trial as soon as it exists.
+        background = self.tracker.opens_in_background
         run = self.tracker.start_trial(
             trial.number,
             logged,
             tags={"hpo.device": str(self.device), "hpo.family": family},
+            background=background,
+            model=background,
+            on_open=lambda run_id: self._run_opened(trial, run_id),
         )
-        # At once: the worker that fails this trial if its worker dies closes this run.
-        self._set_attr(trial, RUN_ID_ATTR, run.run_id, now=True)
         self._set_attr(trial, "family", family)
         try:
             return self._train_and_log(trial, run, family, train_params, family_params)
@@ -224,6 +222,15 @@ class Objective:
             self._set_attr(trial, "error", error[:2000])
             run.end("FAIL", error)
             raise
+        finally:
+            if run.open:  # also with the trial's end (the early write may not have got through)
+                self._set_attr(trial, RUN_ID_ATTR, run.run_id)
+
+    def _run_opened(self, trial: optuna.Trial, run_id: str) -> None:
+        """In the thread that opens the trial's run: its id goes to the trial at once, for the
+        worker that fails this trial if this worker dies (it closes the run)."""
+        with contextlib.suppress(*STORAGE_WRITE_ERRORS):  # else written with the trial's end
+            write_trial(trial.study._storage, trial._trial_id, user_attrs={RUN_ID_ATTR: run_id})
 
     def _train_and_log(
         self,

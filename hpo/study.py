@@ -886,6 +886,10 @@ class _ParentSummary:
         except (TrackingError, optuna.exceptions.StorageInternalError) as exc:
             # A summary is not worth a trial: the next trial's (or the study's end) catches up
             # (the trials it could not read stay to be computed then).
+            if isinstance(exc, TrackingError):
+                # Checked before the next trial starts (the trial's own run is created while it
+                # trains against a server: this may be the first sign of an outage).
+                self.tracker.note_unreachable()
             if not self._warned:
                 self._warned = True
                 self.tracker._warn(f"could not update the study's parent run: {exc}")

@@ -191,12 +191,24 @@ def adopt_unbeaten_trials(study: optuna.Study) -> list[int]:
 def close_stale_run(tracker: StudyTracker, run_id: str, error: str) -> None:
     """End a stale trial's MLflow run as FAILED with ``error`` if it is still RUNNING.
 
-    A run that already ended (its worker was alive after all and finished it) is left alone.
+    A run that already ended (its worker was alive after all and finished it) is left alone. The
+    LoggedModel created with the run (PENDING: the trial never got to its model) is deleted.
     """
-    if tracker.client.get_run(run_id).info.status != "RUNNING":
+    from mlflow.entities import LoggedModelStatus
+
+    from hpo.tracking.finisher import discard_model
+
+    run = tracker.client.get_run(run_id)
+    if run.info.status != "RUNNING":
         return
     tracker.log_to_run(run_id, tags={"hpo.state": "FAIL", "hpo.error": error})
     tracker._terminate(run_id, "FAILED")
+    models = tracker.client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    for model in models:
+        if model.status == LoggedModelStatus.PENDING:
+            discard_model(tracker, model.model_id)
 
 
 def mark_run_recovered(tracker: StudyTracker, run_id: str, old: int, new: FrozenTrial) -> None:
@@ -465,8 +477,9 @@ class TrialLoop:
             except optuna.TrialPruned:
                 state = TrialState.PRUNED
             except NotStarted:
-                # Nothing was trained (its run could not be created): the trial is queued again
-                # for whichever worker runs next, and this one stops with the reason.
+                # Its run could not be created (the store stayed away; the trial may have
+                # trained meanwhile, but has nowhere to log): the trial is queued again for
+                # whichever worker runs next, and this one stops with the reason.
                 frozen = self._finish(trial, TrialState.FAIL, None)
                 requeue(self.study, frozen, max_retries=None)
                 raise

@@ -348,6 +348,8 @@ class _Sender:
             # An earlier attempt marked the run FAILED: that verdict no longer holds.
             with contextlib.suppress(Exception):
                 self.tracker.client.delete_tag(job.run_id, "hpo.error")
+        if job.discard_model:
+            self._call(lambda: discard_model(self.tracker, job.discard_model or ""))
 
     # -- the trained model ----------------------------------------------------------------------
     def _rebuilt(self) -> nn.Module:
@@ -372,6 +374,22 @@ class _Sender:
         from hpo.training.loop import predict_proba
 
         return predict_proba(self._rebuilt(), X, torch.device("cpu"))
+
+
+def discard_model(tracker: StudyTracker, model_id: str) -> None:
+    """Delete a LoggedModel that never got its model (a pruned or failed trial's, created with
+    its run); one already deleted (an attempt that got that far) is left as it is."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    from hpo.tracking.runs import _tracking_errors
+
+    with _tracking_errors(f"deleting model {model_id}", tracker.tracking_uri):
+        try:
+            tracker.client.delete_logged_model(model_id)
+        except MlflowException as exc:
+            if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
 
 
 def _row_key(row: Sequence[Any]) -> tuple[str, str, int, int]:

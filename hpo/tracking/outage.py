@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -143,18 +144,35 @@ def gist(message: str, limit: int = 300) -> str:
     return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
+_SINGLE_LOCK = threading.Lock()
+_single_depth = 0
+_single_before: str | None = None
+
+
 @contextlib.contextmanager
 def single_attempt() -> Iterator[None]:
-    """MLflow HTTP calls in this block make one attempt (the caller decides about retrying)."""
-    before = os.environ.get(MLFLOW_RETRIES_ENV)
-    os.environ[MLFLOW_RETRIES_ENV] = "0"
+    """MLflow HTTP calls in this block make one attempt (the caller decides about retrying).
+
+    MLflow reads its retry count from the environment, which the whole process shares: blocks
+    that overlap in several threads (a trial's run opened in the background while the trial
+    writes its curves) keep it at 0 until the last of them ends, which restores it.
+    """
+    global _single_depth, _single_before
+    with _SINGLE_LOCK:
+        if _single_depth == 0:
+            _single_before = os.environ.get(MLFLOW_RETRIES_ENV)
+            os.environ[MLFLOW_RETRIES_ENV] = "0"
+        _single_depth += 1
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop(MLFLOW_RETRIES_ENV, None)
-        else:
-            os.environ[MLFLOW_RETRIES_ENV] = before
+        with _SINGLE_LOCK:
+            _single_depth -= 1
+            if _single_depth == 0:
+                if _single_before is None:
+                    os.environ.pop(MLFLOW_RETRIES_ENV, None)
+                else:
+                    os.environ[MLFLOW_RETRIES_ENV] = _single_before
 
 
 class OutageTooLong(Exception):

@@ -341,6 +341,17 @@ class StudyTracker:
         elif _is_server_database(uri):
             _probe_database(uri)
 
+    @property
+    def opens_in_background(self) -> bool:
+        """Whether trial runs are best opened while their trials train
+        (``start_trial(background=True)``): against a tracking server, where creating a run and
+        its LoggedModel is mostly waiting for answers (13 + 10 ms a trial on a loopback server
+        busy with the previous trial's uploads, ``benchmarks/overhead.py``). Not on a local or
+        database store: there it is the store's own Python work, which only takes turns with
+        the training loop for the interpreter (measured: the reference trial's training 20 ms
+        longer for 8 ms of store calls moved off its path)."""
+        return self.tracking_uri.split(":", 1)[0].lower() in ("http", "https")
+
     def note_unreachable(self) -> None:
         """A write to the store just failed: :meth:`ensure_reachable` will check before the
         next trial starts."""
@@ -572,16 +583,55 @@ class StudyTracker:
 
     # -- trial runs ---------------------------------------------------------------------------
     def start_trial(
-        self, number: int, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
+        self,
+        number: int,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        *,
+        background: bool = False,
+        model: bool = False,
+        on_open: Callable[[str], None] | None = None,
     ) -> TrialRun:
         """Create the run of trial ``number`` under the parent run; its parameters are written
         with its first metrics (:data:`EPOCH_FLUSH_SECONDS`) or its end, whichever comes first.
 
+        ``model``: also create the run's LoggedModel now (PENDING until :meth:`TrialRun.log_model`
+        uploads it; deleted if the trial ends without a model), with the run's parameters and
+        the ``hpo.study`` / ``hpo.trial`` tags. ``on_open(run_id)`` is called once the run
+        exists (before its model is created). ``background``: do all this in a thread while the
+        caller goes on (the trial trains): the run's id is waited for where it is first needed
+        (:attr:`TrialRun.run_id`); see :class:`_Opening`.
+
         A store that is away is waited for (up to :func:`hpo.tracking.finisher.outage_seconds`,
-        with one warning): the trial has not trained yet, so waiting costs no work. The run
-        carries a unique ``hpo.run_key`` tag: when a create's answer is lost, the retry finds
-        the run it made instead of making a second one.
+        with one warning), then :class:`~hpo.errors.NotStarted` is raised (by
+        :attr:`TrialRun.run_id` in the background). The run carries a unique ``hpo.run_key``
+        tag: when a create's answer is lost, the retry finds the run it made instead of making
+        a second one.
         """
+        if self.parent_run_id is None:
+            raise RuntimeError("ensure_parent_run() must be called before start_trial()")
+        trial = TrialRun(self, None, number)
+        trial.log_params(params)
+        model_tags = {"hpo.study": self.study_name, "hpo.trial": str(number)}
+
+        def open_() -> tuple[str, str | None]:
+            run_id = self._create_trial_run(number, tags)
+            self._unreachable_since = None
+            if on_open is not None:
+                on_open(run_id)
+            model_id = None
+            if model:
+                model_id = trial.create_model_or_none(trial.params, model_tags, run_id=run_id)
+            return run_id, model_id
+
+        trial._opening = _Opening(open_, background=background, model=model)
+        if not background:
+            trial.run_id  # noqa: B018  (raises here what the opening raised)
+        return trial
+
+    def _create_trial_run(self, number: int, tags: Mapping[str, str] | None) -> str:
+        """Create trial ``number``'s run through an outage of the store (see
+        :meth:`start_trial`); return its id."""
         import uuid
 
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -589,8 +639,7 @@ class StudyTracker:
         from hpo.tracking.finisher import outage_seconds
         from hpo.tracking.outage import Backoff, OutageTooLong, single_attempt
 
-        if self.parent_run_id is None:
-            raise RuntimeError("ensure_parent_run() must be called before start_trial()")
+        assert self.parent_run_id is not None
         key = uuid.uuid4().hex
         all_tags = {
             **(tags or {}),
@@ -633,16 +682,14 @@ class StudyTracker:
         backoff = Backoff(limit=outage_seconds())
         try:
             with single_attempt():
-                run_id = backoff.call(create, check=created, on_wait=on_wait)
+                return str(backoff.call(create, check=created, on_wait=on_wait))
         except OutageTooLong as exc:
             raise NotStarted(
                 f"tracking_uri: {_mask(self.tracking_uri)} unreachable for "
-                f"{outage_seconds():.0f} s while {what}: {_first_line(exc.__cause__ or exc)}"
+                f"{outage_seconds():.0f} s while {what}: {_first_line(exc.__cause__ or exc)}; "
+                "finished trials are saved, and the runs that could not be sent wait in the "
+                f"spool: `hpo sync {self.study_name}` sends them once the store is back"
             ) from None
-        trial = TrialRun(self, run_id, number)
-        trial.log_params(params)
-        self._unreachable_since = None
-        return trial
 
     def _warn(self, message: str) -> None:
         if self.finisher is not None:
@@ -692,6 +739,59 @@ class StudyTracker:
                 self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
+class _Opening:
+    """The creation of a trial's run (and its LoggedModel): now, or in a daemon thread while
+    the trial trains.
+
+    A run and a LoggedModel are 2 store calls, ~8 ms on a local SQLite store and a round trip
+    each to a server (25 ms against a loopback ``mlflow server`` busy with the previous trial's
+    uploads, ``benchmarks/overhead.py``), which the trial no longer waits for. A daemon thread,
+    not an executor: an outage can keep it waiting for minutes, and Ctrl-C must not wait too.
+    """
+
+    def __init__(
+        self, open_: Callable[[], tuple[str, str | None]], *, background: bool, model: bool
+    ) -> None:
+        self._open = open_
+        self._result: tuple[str, str | None] | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        #: Whether a LoggedModel is created with the run.
+        self.model = model
+        if background:
+            threading.Thread(target=self._run, name="hpo-open-run", daemon=True).start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._open()
+        except BaseException as exc:  # handed to whoever waits for the run
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def wait(self) -> None:
+        """Wait for the opening to end (well or not)."""
+        self._done.wait()
+
+    def done(self) -> bool:
+        """Whether the opening has ended (well or not)."""
+        return self._done.is_set()
+
+    def ok(self) -> bool:
+        """Whether it has ended with the run created."""
+        return self._done.is_set() and self._error is None
+
+    def result(self) -> tuple[str, str | None]:
+        """(run id, LoggedModel id or None), once created; raises what the creation raised."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
 def boundary_inputs(data: Dataset) -> dict[str, np.ndarray] | None:
     """The rows a decision boundary is drawn over, for data with exactly two features (the
     boundary is then the model's whole input space); None for other data."""
@@ -716,9 +816,12 @@ class TrialRun:
     to the store at once.
     """
 
-    def __init__(self, tracker: StudyTracker, run_id: str, number: int) -> None:
+    def __init__(self, tracker: StudyTracker, run_id: str | None, number: int) -> None:
+        """``run_id``: the run's id; None while :meth:`StudyTracker.start_trial` opens it."""
         self.tracker = tracker
-        self.run_id = run_id
+        self._run_id = run_id
+        #: How the run is being created (:meth:`StudyTracker.start_trial`); None: it exists.
+        self._opening: _Opening | None = None
         self.number = number
         self.params: dict[str, str] = {}
         self.state: TrialState | None = None
@@ -739,6 +842,31 @@ class TrialRun:
         self._plots: PlotInputs | None = None
         self._model: ModelInputs | None = None
 
+    @property
+    def run_id(self) -> str:
+        """The run's id; waits for the run to be created if it is being created in the
+        background, and raises what that raised (:class:`~hpo.errors.NotStarted`, …)."""
+        if self._run_id is None:
+            assert self._opening is not None
+            self._run_id = self._opening.result()[0]
+        return self._run_id
+
+    @property
+    def open(self) -> bool:
+        """Whether the run exists (its id is known without waiting)."""
+        return self._run_id is not None or (
+            self._opening is not None and self._opening.done() and self._opening.ok()
+        )
+
+    @property
+    def opened_model_id(self) -> str | None:
+        """The LoggedModel created with the run (``start_trial(model=True)``), once the run is
+        opened; None if it was not (no model asked for, the store away, the run not created)."""
+        if self._opening is None:
+            return None
+        self._opening.wait()
+        return self._opening.result()[1] if self._opening.ok() else None
+
     # -- metrics and params --------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Record parameters (values stringified, cut at MLflow's 6000 characters); written with
@@ -751,6 +879,10 @@ class TrialRun:
         """Record one epoch's metrics at ``step=epoch``; written in batches (see
         :data:`EPOCH_FLUSH_SECONDS`), the first :data:`EPOCH_FLUSH_SECONDS` after the run's
         start."""
+        if self._opening is not None and self._opening.done() and not self._opening.ok():
+            # The run could not be created (the store stayed away): the trial has nowhere to
+            # log, so it stops training now (NotStarted) rather than at its end.
+            self.run_id  # noqa: B018
         now = _now_ms()
         if epoch > self._last_epoch:
             self._last_epoch, self._step_points = epoch, []
@@ -760,7 +892,11 @@ class TrialRun:
             if epoch == self._last_epoch:
                 self._step_points.append(point)
             self._epoch_values[key] = float(value)
-        if time.monotonic() - self._last_flush >= EPOCH_FLUSH_SECONDS:
+        # A run still being created (a store that is slow or away) is not waited for here:
+        # the points wait for the next flush or the end of the run.
+        if time.monotonic() - self._last_flush >= EPOCH_FLUSH_SECONDS and (
+            self.open or (self._opening is not None and self._opening.done())
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -817,10 +953,10 @@ class TrialRun:
     def attach_model(self, inputs: ModelInputs) -> str | None:
         """The trained model, logged with the end of the run (:meth:`log_model`).
 
-        Its LoggedModel is created now, so the model's URI (``models:/m-…``, returned) is known
-        while the trial is still open; None if the store is away (the sender creates it then).
+        Its LoggedModel exists when this returns (created with the run, or now), so the model's
+        URI (``models:/m-…``, returned) is known while the trial is still open; None if the
+        store was away (the sender creates it then).
         """
-        from hpo.tracking.outage import single_attempt
 
         inputs.tags = {
             **inputs.tags,
@@ -829,30 +965,46 @@ class TrialRun:
         }
         inputs.params = {**self.params, **inputs.params}
         inputs.step = self._last_epoch
-        try:
-            with single_attempt():
-                inputs.model_id = self.create_model(inputs.params, inputs.tags)
-        except TrackingError as exc:
-            from hpo.tracking.outage import classify
-
-            inputs.model_id = None
-            if classify(exc).transient:
-                self.tracker.note_unreachable()  # checked before the next trial starts
+        self.run_id  # noqa: B018  (the run exists: raises what its creation raised)
+        if self._opening is not None and self._opening.model:
+            # Created with the run (while the trial trained), with these params and tags; None
+            # if the store was away then (the sender creates it).
+            inputs.model_id = self.opened_model_id
+        else:
+            inputs.model_id = self.create_model_or_none(inputs.params, inputs.tags)
         self._model = inputs
         return f"models:/{inputs.model_id}" if inputs.model_id else None
 
-    def create_model(self, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
+    def create_model(
+        self, params: Mapping[str, str], tags: Mapping[str, str], *, run_id: str | None = None
+    ) -> str:
         """Create this run's LoggedModel (its artifacts come with :meth:`log_model`); return
-        its id."""
-        with self.store_errors("creating the model"):
+        its id. ``run_id``: the run's, while it is still being opened."""
+        source = run_id or self.run_id
+        with _tracking_errors(f"creating the model of run {source}", self.tracker.tracking_uri):
             logged = self.tracker.client.create_logged_model(
                 experiment_id=self.tracker.experiment_id,
                 name="model",
-                source_run_id=self.run_id,
+                source_run_id=source,
                 params=dict(params),
                 tags=dict(tags),
             )
         return str(logged.model_id)
+
+    def create_model_or_none(
+        self, params: Mapping[str, str], tags: Mapping[str, str], *, run_id: str | None = None
+    ) -> str | None:
+        """:meth:`create_model` in one attempt; None if the store does not take it (the sender
+        creates the model then)."""
+        from hpo.tracking.outage import classify, single_attempt
+
+        try:
+            with single_attempt():
+                return self.create_model(params, tags, run_id=run_id)
+        except TrackingError as exc:
+            if classify(exc).transient:
+                self.tracker.note_unreachable()  # checked before the next trial starts
+            return None
 
     # -- artifacts ------------------------------------------------------------------------------
     def log_figure(self, figure: Figure | bytes | str, artifact_file: str) -> None:
@@ -1005,6 +1157,8 @@ class TrialRun:
             plots=self._plots if state == "COMPLETE" else None,
             model=self._model if state == "COMPLETE" else None,
             tracking_uri=_mask(self.tracker.tracking_uri),
+            # A trial that ends without a model leaves no model behind.
+            discard_model=self.opened_model_id if state != "COMPLETE" else None,
         )
         try:
             path = write_job(job)

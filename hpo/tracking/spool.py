@@ -118,6 +118,9 @@ class Job:
     model: ModelInputs | None = None
     #: ``hpo.tracking.runs.mask``-ed tracking URI the run lives in: a job is only sent there.
     tracking_uri: str = ""
+    #: A LoggedModel created with the run for a model the trial never had (it was pruned or
+    #: failed): deleted with the run's end.
+    discard_model: str | None = None
     #: Where the job lives once written or read.
     path: Path | None = None
 

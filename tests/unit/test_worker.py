@@ -81,6 +81,31 @@ def test_a_retried_failure_does_not_eat_the_budget(tmp_path: Path) -> None:
     assert study.trials[1].params == dead.params  # the retry ran first
 
 
+def test_a_dead_workers_run_is_closed_and_its_pending_model_deleted(
+    tmp_path: Path, workdir: Path
+) -> None:
+    """A worker died while its trial trained: the worker that fails the trial ends the trial's
+    run FAILED with the reason, and deletes the LoggedModel opened with the run (the trial
+    never got to its model)."""
+    from hpo.objective import RUN_ID_ATTR
+    from hpo.tracking.runs import StudyTracker
+
+    tracker = StudyTracker(f"sqlite:///{workdir}/mlflow.db", "demo")
+    tracker.check_connection()
+    tracker.ensure_parent_run(None, tags={}, params={})
+    study, _ = new_study(tmp_path)
+    beat = HeartbeatSpec(interval=1, grace=2, max_retries=1)
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    run = tracker.start_trial(dead.number, {"x": dead.params["x"]}, background=True, model=True)
+    dead.set_user_attr(RUN_ID_ATTR, run.run_id)
+    assert run.opened_model_id is not None
+    fail_as_stale(study, dead, StaleTrialHandler(beat, tracker))
+    closed = tracker.client.get_run(run.run_id)
+    assert closed.info.status == "FAILED"
+    assert closed.data.tags["hpo.error"] == "worker died (no heartbeat for 2s)"
+    assert tracker.client.search_logged_models([tracker.experiment_id]) == []
+
+
 def test_retries_stop_at_max_retries(tmp_path: Path) -> None:
     study, _ = new_study(tmp_path)
     handler = StaleTrialHandler(HeartbeatSpec(interval=1, grace=2, max_retries=1))

@@ -30,10 +30,11 @@ def a_trained_mlp() -> tuple[torch.nn.Module, dict[str, object]]:
 
 
 def a_finished_trial(
-    tracker: StudyTracker, number: int = 0
+    tracker: StudyTracker, number: int = 0, *, background: bool = False
 ) -> tuple[TrialRun, torch.nn.Module, np.ndarray, str | None]:
-    """A trial run as the objective leaves it: epochs logged, the end collected."""
-    run = tracker.start_trial(number, {"lr": 0.1})
+    """A trial run as the objective leaves it: epochs logged, the end collected. ``background``:
+    its run and LoggedModel opened while it trains, as against a tracking server."""
+    run = tracker.start_trial(number, {"lr": 0.1}, background=background, model=background)
     history = []
     for epoch in range(1, EPOCHS + 1):
         metrics = {"train_loss": 1.0 / epoch, "val_loss": 1.1 / epoch, "val_accuracy": 0.5}
@@ -107,6 +108,75 @@ def test_a_pruned_trial_sends_no_artifacts(tracker: StudyTracker) -> None:
     child = client.get_run(run.run_id)
     assert child.info.status == "KILLED" and child.data.tags["hpo.reason"] == "pruned at epoch 3"
     assert client.list_artifacts(run.run_id) == []
+
+
+def test_a_run_opened_in_the_background_gets_the_model_made_with_it(
+    tracker: StudyTracker,
+) -> None:
+    opened: list[str] = []
+    run = tracker.start_trial(5, {"lr": 0.1}, background=True, model=True, on_open=opened.append)
+    run_id = run.run_id  # waits for the run
+    assert opened == [run_id]
+    model_id = run.opened_model_id
+    assert model_id is not None
+    # Made with the run, before the trial has a model: PENDING, with the run's params and tags.
+    logged = tracker.client.get_logged_model(model_id)
+    assert logged.status == LoggedModelStatus.PENDING
+    assert logged.source_run_id == run_id
+    assert logged.params == {"lr": "0.1"}
+    assert (logged.tags["hpo.study"], logged.tags["hpo.trial"]) == ("demo", "5")
+
+    run, model, X, uri = a_finished_trial(tracker, 6, background=True)
+    assert uri == f"models:/{run.opened_model_id}"
+    sent = run.end("COMPLETE")
+    assert sent is not None and sent.ok
+    assert_complete(tracker, run, model, X, uri)
+    experiment = [tracker.experiment_id]
+    sources = [m.source_run_id for m in tracker.client.search_logged_models(experiment)]
+    assert sources.count(run.run_id) == 1  # its one model: none made again at the end
+
+
+@pytest.mark.parametrize("state", ["PRUNED", "FAIL"])
+def test_a_trial_that_ends_without_a_model_leaves_none_behind(
+    tracker: StudyTracker, state: str
+) -> None:
+    from hpo.tracking.finisher import discard_model
+
+    run = tracker.start_trial(2, {"lr": 0.1}, background=True, model=True)
+    run.log_epoch(1, {"val_loss": 1.0})
+    model_id = run.opened_model_id
+    assert model_id is not None
+    sent = run.end(state, "pruned at epoch 1" if state == "PRUNED" else "boom")  # type: ignore[arg-type]
+    assert sent is not None and sent.ok
+    client = tracker.client
+    assert client.get_run(run.run_id).info.status == ("KILLED" if state == "PRUNED" else "FAILED")
+    assert client.search_logged_models([tracker.experiment_id]) == []
+    discard_model(tracker, model_id)  # a repeat (an end step sent again) is harmless
+
+
+def test_a_run_that_cannot_be_opened_fails_where_it_is_needed_not_before(
+    tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo.errors import NotStarted
+
+    # Tried again after 0.5 s and 1 s, given up at 1.5 s: long enough for one epoch.
+    monkeypatch.setenv("HPO_TRACKING_OUTAGE_SECONDS", "2")
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise ConnectionRefusedError("Connection refused")
+
+    monkeypatch.setattr(tracker.client, "create_run", refused)
+    monkeypatch.setattr(tracker.client, "search_runs", refused)
+    run = tracker.start_trial(3, {"lr": 0.1}, background=True, model=True)
+    run.log_epoch(1, {"val_loss": 1.0})  # training goes on meanwhile
+    with pytest.raises(NotStarted, match="unreachable for 2 s while creating the run of trial 3"):
+        run.run_id  # noqa: B018
+    assert not run.open and run.opened_model_id is None
+    with pytest.raises(NotStarted):  # the trial stops training: it has nowhere to log
+        run.log_epoch(2, {"val_loss": 0.9})
+    with pytest.raises(NotStarted, match="`hpo sync demo` sends them"):
+        run.end("COMPLETE")
+    assert spool.list_jobs("demo") == []
 
 
 def test_a_job_that_fails_for_good_marks_the_run_and_is_sent_once_it_can(

@@ -196,3 +196,31 @@ def test_single_attempt_switches_mlflow_retries_off_and_back(
     with single_attempt():
         assert os.environ[MLFLOW_RETRIES_ENV] == "0"
     assert MLFLOW_RETRIES_ENV not in os.environ
+
+
+def test_single_attempt_blocks_overlapping_in_two_threads_restore_retries_once_both_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A trial's run opened in a thread while the trial writes its curves: the first block to
+    end must not switch retries back on under the other, nor the last leave them off."""
+    import threading
+
+    monkeypatch.setenv(MLFLOW_RETRIES_ENV, "3")
+    entered, release = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def other() -> None:
+        with single_attempt():
+            entered.set()
+            release.wait(5)
+            seen.append(os.environ[MLFLOW_RETRIES_ENV])
+
+    thread = threading.Thread(target=other)
+    with single_attempt():
+        thread.start()
+        assert entered.wait(5)
+    assert os.environ[MLFLOW_RETRIES_ENV] == "0"  # the other block is still on
+    release.set()
+    thread.join(5)
+    assert seen == ["0"]
+    assert os.environ[MLFLOW_RETRIES_ENV] == "3"

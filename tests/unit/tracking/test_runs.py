@@ -217,6 +217,15 @@ def test_parent_summary_and_metrics_on_other_runs(tracker: StudyTracker) -> None
     assert client.get_run(trial.run_id).data.metrics["test_accuracy"] == 0.9
 
 
+def test_trial_runs_open_in_the_background_against_a_server_only(tracking_uri: str) -> None:
+    """Against a server, opening a run is waiting (the trial trains meanwhile); on a local or
+    database store it is Python work that would only take turns with the training loop."""
+    assert StudyTracker("http://127.0.0.1:5000", "s").opens_in_background
+    assert StudyTracker("HTTPS://mlflow.example.org", "s").opens_in_background
+    assert not StudyTracker(tracking_uri, "s").opens_in_background
+    assert not StudyTracker("postgresql://u@db/mlflow", "s").opens_in_background
+
+
 def test_start_trial_needs_the_parent(tracking_uri: str) -> None:
     with pytest.raises(RuntimeError, match="ensure_parent_run"):
         StudyTracker(tracking_uri, "orphan").start_trial(0, {})
