@@ -47,7 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import NotStarted, StorageError, StorageUnavailable
 from hpo.storage import study_lock
-from hpo.trial_writes import write_trial
+from hpo.trial_writes import finish_trial
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -504,17 +504,17 @@ class TrialLoop:
             # tells whether the trial still runs: another worker may have failed it as stale.
             reports = getattr(self.objective, "unsaved_reports", {})
             try:
-                write_trial(
-                    storage,
-                    trial._trial_id,
+                frozen = finish_trial(
+                    self.study,
+                    trial,
+                    state,
+                    listed,
                     user_attrs={k: self.objective.attrs[k] for k in sorted(self.objective.unsaved)},
                     intermediate_values=reports,
                 )
                 self.objective.unsaved.clear()
                 reports.clear()
-                if state == TrialState.COMPLETE:
-                    return self.study.tell(trial, listed)
-                return self.study.tell(trial, state=state)
+                return frozen
             except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
                 # Finished meanwhile (tell refuses a finished trial with a ValueError).
                 current = storage.get_trial(trial._trial_id)

@@ -138,3 +138,122 @@ def test_attributes_are_one_upsert_that_replaces_values(
     write_trial(study._storage, trial._trial_id, user_attrs={"a0": "again", "z": [1, 2]})
     stored = study._storage.get_trial(trial._trial_id)
     assert stored.user_attrs == {**{f"a{i}": i for i in range(1, 9)}, "a0": "again", "z": [1, 2]}
+
+
+class _Recording(optuna.samplers.RandomSampler):
+    """Records what ``after_trial`` is told."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.told: list[tuple[int, TrialState, list[float] | None, dict[str, object]]] = []
+
+    def after_trial(self, study, trial, state, values):  # type: ignore[no-untyped-def]
+        self.told.append((trial.number, state, values, dict(trial.user_attrs)))
+
+
+FINISHES = {
+    "complete": (TrialState.COMPLETE, [0.9], [0.4, 0.8]),
+    "pruned": (TrialState.PRUNED, None, [0.4, 0.3]),
+    "pruned_nan_last": (TrialState.PRUNED, None, [0.4, float("nan")]),
+    "pruned_no_report": (TrialState.PRUNED, None, []),
+    "fail": (TrialState.FAIL, None, [0.4]),
+    "complete_nan": (TrialState.COMPLETE, [float("nan")], [0.4]),
+    "complete_two_objectives": (TrialState.COMPLETE, [0.9, 3.0], []),
+}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("case", sorted(FINISHES))
+def test_finish_trial_ends_a_trial_as_tell_does(tmp_path: Path, kind: str, case: str) -> None:
+    """Same trial, same end: hpo's finish_trial (one transaction on an RDB storage) and
+    write_trial + Study.tell store the same trial, tell the sampler the same, and return what
+    the storage then holds."""
+    import warnings
+
+    from hpo.trial_writes import finish_trial
+
+    state, values, reports = FINISHES[case]
+    directions = ["maximize", "minimize"] if case == "complete_two_objectives" else ["maximize"]
+    stored, told, returned = {}, {}, {}
+    for way in ("optuna", "hpo"):
+        (tmp_path / way).mkdir()
+        sampler = _Recording()
+        study = optuna.create_study(
+            storage=storages(tmp_path / way)[kind], sampler=sampler, directions=directions
+        )
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        trial.set_user_attr("worker", "here")  # written while it ran
+        attrs = {"run": "r1", "family": "mlp"}
+        values_by_step = dict(enumerate(reports))
+        for step, value in values_by_step.items():
+            report(trial, step, value)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if way == "optuna":
+                write_trial(
+                    study._storage,
+                    trial._trial_id,
+                    user_attrs=attrs,
+                    intermediate_values=values_by_step,
+                )
+                if state == TrialState.COMPLETE:
+                    study.tell(trial, values)
+                else:
+                    study.tell(trial, state=state)
+                frozen = study._storage.get_trial(trial._trial_id)
+            else:
+                frozen = finish_trial(
+                    study,
+                    trial,
+                    state,
+                    values,
+                    user_attrs=attrs,
+                    intermediate_values=values_by_step,
+                )
+        assert bool(caught) == (case == "complete_nan"), [str(w.message) for w in caught]
+        again = optuna.load_study(study_name=study.study_name, storage=study._storage)
+        (kept,) = again.get_trials(deepcopy=False)
+        stored[way] = kept
+        told[way] = sampler.told
+        returned[way] = frozen
+    for trial in (stored["hpo"], returned["hpo"]):
+        assert trial.state == stored["optuna"].state
+        assert trial.values == stored["optuna"].values or (
+            # NaN != NaN: a pruned trial whose last report is NaN has no value either way
+            trial.values is None and stored["optuna"].values is None
+        )
+        assert trial.params == stored["optuna"].params == {"x": trial.params["x"]}
+        assert trial.user_attrs == stored["optuna"].user_attrs
+        assert trial.intermediate_values.keys() == stored["optuna"].intermediate_values.keys()
+        assert trial.datetime_complete is not None
+    assert told["hpo"] == told["optuna"]
+    assert returned["hpo"].datetime_complete == stored["hpo"].datetime_complete
+
+
+def test_finish_trial_is_one_transaction_and_refuses_a_finished_trial(tmp_path: Path) -> None:
+    import sqlalchemy
+
+    from hpo.trial_writes import finish_trial
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db")
+    trial = study.ask()
+    backend = study._storage._backend  # type: ignore[attr-defined]
+    commits: list[int] = []
+    sqlalchemy.event.listen(backend.engine, "commit", lambda conn: commits.append(1))
+    finish_trial(
+        study,
+        trial,
+        TrialState.COMPLETE,
+        [1.0],
+        user_attrs={f"a{i}": i for i in range(9)},
+        intermediate_values={s: 0.1 * s for s in range(20)},
+    )
+    assert len(commits) == 1
+    # Failed as stale by another worker meanwhile: nothing of this end is written.
+    other = study.ask()
+    study._storage.set_trial_state_values(other._trial_id, TrialState.FAIL)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        finish_trial(study, other, TrialState.COMPLETE, [2.0], user_attrs={"a": 1})
+    kept = study._storage.get_trial(other._trial_id)
+    assert kept.state == TrialState.FAIL and kept.values is None and kept.user_attrs == {}
