@@ -27,7 +27,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,6 +204,15 @@ class LockHeld:
     def __init__(self, connection: Any = None, url: str = "") -> None:
         self._connection = connection
         self._url = url
+        self._lost = False
+
+    def lost(self) -> bool:
+        """Whether the lock was lost at some point (:meth:`check` without raising): after a
+        write, whether it was made under the lock all along."""
+        if not self._lost:
+            with suppress(StorageUnavailable):
+                self.check()
+        return self._lost
 
     def check(self) -> None:
         """Raise :class:`StorageUnavailable` if the lock was lost meanwhile.
@@ -222,6 +231,7 @@ class LockHeld:
         try:
             self._connection.execute(sqlalchemy.text("SELECT 1"))
         except Exception as exc:
+            self._lost = True
             raise StorageUnavailable(
                 f"storage: lost the study lock's connection to {mask_url(self._url)}: "
                 f"{type(exc).__name__}"

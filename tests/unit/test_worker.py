@@ -106,6 +106,58 @@ def test_a_dead_workers_run_is_closed_and_its_pending_model_deleted(
     assert tracker.client.search_logged_models([tracker.experiment_id]) == []
 
 
+@pytest.mark.parametrize("budget", [2, 3])
+def test_a_trial_claimed_while_the_lock_was_lost_is_given_back_if_over_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: int
+) -> None:
+    """The study lock's connection dies while this worker creates its trial, and another worker,
+    which then took the lock and did not count that trial, claims one too: with the budget
+    then exceeded, this worker gives its trial back unrun (it counts for nothing) and claims
+    again; with room left, it keeps it."""
+    from contextlib import contextmanager
+
+    study, url = new_study(tmp_path)
+    TrialLoop(study, FakeObjective(), url, budget=1).run()  # one trial done
+    real_ask = study.ask
+    other: list[optuna.Trial] = []
+
+    def racing_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+        if not other:
+            other.append(real_ask())  # the other worker's claim, meanwhile
+        return real_ask(*args, **kwargs)
+
+    class LostOnce:
+        calls = 0
+
+        def check(self) -> None:
+            pass
+
+        def lost(self) -> bool:
+            LostOnce.calls += 1
+            return LostOnce.calls == 1
+
+    @contextmanager
+    def lock(url: str, name: str) -> Any:
+        yield LostOnce()
+
+    monkeypatch.setattr(study, "ask", racing_ask)
+    monkeypatch.setattr(worker, "study_lock", lock)
+    trial, running = TrialLoop(study, FakeObjective(), url, budget=budget)._claim()
+    mine = [t for t in study.get_trials() if t.number not in (0, other[0].number)]
+    if budget == 2:
+        # given back, then the claim again found the budget full (the other trial runs)
+        assert trial is None and running == 1
+        (given,) = mine
+        assert given.state == TrialState.FAIL
+        assert given.system_attrs[worker.OVER_BUDGET_ATTR] is True
+        assert "over the budget" in given.user_attrs["error"]
+        assert budget_usage(study) == (2, 1)
+    else:
+        assert trial is not None and [t.number for t in mine] == [trial.number]
+        assert mine[0].state == TrialState.RUNNING
+        assert budget_usage(study) == (3, 2)
+
+
 def test_retries_stop_at_max_retries(tmp_path: Path) -> None:
     study, _ = new_study(tmp_path)
     handler = StaleTrialHandler(HeartbeatSpec(interval=1, grace=2, max_retries=1))
