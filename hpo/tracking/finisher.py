@@ -438,11 +438,6 @@ class Finisher:
         self._restarted = False
         self._inline_outage = _OutageClock(self.outage)
         self._done: list[Sent] = []
-        #: Trial runs the background process is opening (:meth:`open_run`), by request key.
-        self._opens: dict[str, OpenReply] = {}
-        #: The background process has warmed up and takes requests to open runs.
-        self._ready = False
-        self._opens_lock = threading.Lock()
 
     # -- the background process -----------------------------------------------------------------
     def start(self) -> None:
@@ -450,7 +445,6 @@ class Finisher:
         if not self.background or (self._proc is not None and self._proc.poll() is None):
             return
         env = {**os.environ, OUTAGE_ENV: str(self.outage)}
-        self._ready = False
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "hpo.tracking.finisher"],
             stdin=subprocess.PIPE,
@@ -462,48 +456,10 @@ class Finisher:
         )
         header = {"tracking_uri": self.tracker.tracking_uri, "study": self.tracker.study_name}
         self._write(json.dumps(header))
-        self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True)
+        self._reader = threading.Thread(
+            target=_read_lines, args=(self._proc.stdout, self._results), daemon=True
+        )
         self._reader.start()
-
-    def _read(self, stream: IO[bytes] | None) -> None:
-        """The background process's reports: an opened run goes straight to the trial waiting
-        for it (:meth:`open_run`), the rest to :meth:`poll`. When the process's output ends, a
-        run it was still opening is opened by the trial itself."""
-        for message in _lines(stream):
-            if message.get("event") == "ready":
-                self._ready = True
-            elif message.get("event") == "opened":
-                with self._opens_lock:
-                    reply = self._opens.pop(str(message.get("key")), None)
-                if reply is not None:
-                    reply.set(message)
-            else:
-                self._results.put(message)
-        self._ready = False
-        with self._opens_lock:
-            gone, self._opens = list(self._opens.values()), {}
-        for reply in gone:
-            reply.set(None)
-        self._results.put(None)
-
-    def open_run(self, request: dict[str, Any]) -> OpenReply | None:
-        """Have the background process open a trial's run (and its LoggedModel): see
-        :meth:`hpo.tracking.runs.StudyTracker.start_trial`. None if there is no background
-        process to ask, or none ready yet (inline, shared, or still warming up: the trial opens
-        its run itself)."""
-        if not self.background:
-            return None
-        try:
-            self.start()
-            if not self._ready or self._proc is None or self._proc.poll() is not None:
-                return None
-            reply = OpenReply()
-            with self._opens_lock:
-                self._opens[str(request["key"])] = reply
-            self._write(json.dumps({"open": request}))
-        except (BrokenPipeError, OSError):
-            return None
-        return reply
 
     def _write(self, line: str) -> None:
         assert self._proc is not None and self._proc.stdin is not None
@@ -756,43 +712,12 @@ def _stderr(message: str) -> None:
     print(f"hpo: {message}", file=sys.stderr, flush=True)
 
 
-def _lines(stream: IO[bytes] | None) -> Iterator[dict[str, Any]]:
-    """The JSON lines of ``stream`` (others skipped), until it ends."""
+def _read_lines(stream: IO[bytes] | None, out: queue.Queue[dict[str, Any] | None]) -> None:
     if stream is not None:
         for raw in stream:
             with contextlib.suppress(ValueError):
-                yield json.loads(raw)
-
-
-class OpenReply:
-    """The background process's answer to :meth:`Finisher.open_run`."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._message: dict[str, Any] | None = None
-
-    def set(self, message: dict[str, Any] | None) -> None:
-        """The answer (None: the process is gone)."""
-        self._message = message
-        self._event.set()
-
-    def result(self) -> tuple[str, str | None]:
-        """(run id, LoggedModel id or None) once the process has opened the run. Raises
-        :class:`~hpo.errors.NotStarted` if it could not (the store stayed away),
-        :class:`SenderGone` if the process ended first."""
-        from hpo.errors import NotStarted
-
-        self._event.wait()
-        message = self._message
-        if message is None:
-            raise SenderGone("the background sender ended before it opened the run")
-        if message.get("error"):
-            raise NotStarted(str(message["error"]))
-        return str(message["run_id"]), message.get("model_id")
-
-
-class SenderGone(Exception):
-    """The background process ended before it answered."""
+                out.put(json.loads(raw))
+    out.put(None)
 
 
 class _OutageClock:
@@ -858,8 +783,7 @@ def _warm_up(warn: Callable[[str], None]) -> None:
 
 # -- the background process ----------------------------------------------------------------------
 def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
-    """The background process's loop: a JSON header line, then one job path per line, or a
-    JSON ``{"open": …}`` request to open a trial's run (:meth:`Finisher.open_run`)."""
+    """The background process's loop: a JSON header line, then one job path per line."""
     from hpo.tracking.runs import StudyTracker
 
     header = json.loads(next(lines))
@@ -870,36 +794,10 @@ def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
         emit({"event": "warning", "message": message})
 
     _warm_up(warn)  # while the first trial trains: its job would otherwise pay these seconds
-    # Not in a thread beside the requests: two threads importing MLflow's modules at once
-    # break its circular imports. Until it is ready the worker opens its trials' runs itself.
-    emit({"event": "ready"})
     for line in lines:
-        line = line.strip()
-        if line.startswith("{"):
-            emit(_open(tracker, json.loads(line)["open"]))
-        elif line:
-            sent = clock.send(Path(line), tracker, warn)
+        if line.strip():
+            sent = clock.send(Path(line.strip()), tracker, warn)
             emit({"event": "sent", "sent": asdict(sent)})
-
-
-def _open(tracker: StudyTracker, request: dict[str, Any]) -> dict[str, Any]:
-    """Open a trial's run for the worker (:meth:`Finisher.open_run`): the ``opened`` report."""
-    from hpo.errors import TrackingError
-
-    reply: dict[str, Any] = {"event": "opened", "key": request["key"]}
-    tracker.parent_run_id = request["parent_run_id"]
-    try:
-        run = tracker.start_trial(
-            int(request["number"]),
-            request["params"],
-            request["tags"],
-            model=bool(request["model"]),
-            run_key=request["key"],
-        )
-        reply.update(run_id=run.run_id, model_id=run.opened_model_id)
-    except TrackingError as exc:  # NotStarted, or the store refusing the run
-        reply["error"] = str(exc)
-    return reply
 
 
 def main() -> None:

@@ -290,8 +290,6 @@ class StudyTracker:
         self.finisher: Finisher | None = None
         #: When a write to the store last failed (monotonic), until it answers again.
         self._unreachable_since: float | None = None
-        #: A trial run was opened in this process (see :meth:`start_trial`).
-        self._opened_before = False
 
     @property
     def sender(self) -> Finisher:
@@ -346,20 +344,12 @@ class StudyTracker:
     @property
     def opens_in_background(self) -> bool:
         """Whether trial runs are best opened while their trials train
-        (``start_trial(background=True)``):
-
-        * when the finisher sends from a background process: that process opens them, and it
-          takes nothing from the training loop (local store: 4.6 + 5.2 ms of a trial's path);
-        * against a tracking server, from a thread: creating a run and its LoggedModel is mostly
-          waiting for answers (13 + 10 ms a trial on a loopback server busy with the previous
-          trial's uploads, ``benchmarks/overhead.py``).
-
-        Not otherwise: on a local or database store, a thread would do the store's own Python
-        work, which only takes turns with the training loop for the interpreter (measured: the
-        reference trial's training 20 ms longer for 8 ms of store calls moved off its path).
-        """
-        if self.finisher is not None and self.finisher.background:
-            return True  # its background process opens them: no turns with the training loop
+        (``start_trial(background=True)``): against a tracking server, where creating a run and
+        its LoggedModel is mostly waiting for answers (13 + 10 ms a trial on a loopback server
+        busy with the previous trial's uploads, ``benchmarks/overhead.py``). Not on a local or
+        database store: there it is the store's own Python work, which only takes turns with
+        the training loop for the interpreter (measured: the reference trial's training 20 ms
+        longer for 8 ms of store calls moved off its path)."""
         return self.tracking_uri.split(":", 1)[0].lower() in ("http", "https")
 
     def note_unreachable(self) -> None:
@@ -601,7 +591,6 @@ class StudyTracker:
         background: bool = False,
         model: bool = False,
         on_open: Callable[[str], None] | None = None,
-        run_key: str | None = None,
     ) -> TrialRun:
         """Create the run of trial ``number`` under the parent run; its parameters are written
         with its first metrics (:data:`EPOCH_FLUSH_SECONDS`) or its end, whichever comes first.
@@ -609,63 +598,30 @@ class StudyTracker:
         ``model``: also create the run's LoggedModel now (PENDING until :meth:`TrialRun.log_model`
         uploads it; deleted if the trial ends without a model), with the run's parameters and
         the ``hpo.study`` / ``hpo.trial`` tags. ``on_open(run_id)`` is called once the run
-        exists. ``background``: this happens while the caller goes on (the trial trains), and
-        the run's id is waited for where it is first needed (:attr:`TrialRun.run_id`): by the
-        finisher's background process if it has one (:meth:`hpo.tracking.finisher.Finisher.
-        open_run`: another process, so it takes nothing from the training loop), else in a
-        thread (:class:`_Opening`; see :attr:`opens_in_background`).
+        exists (before its model is created). ``background``: do all this in a thread while the
+        caller goes on (the trial trains): the run's id is waited for where it is first needed
+        (:attr:`TrialRun.run_id`); see :class:`_Opening`.
 
         A store that is away is waited for (up to :func:`hpo.tracking.finisher.outage_seconds`,
         with one warning), then :class:`~hpo.errors.NotStarted` is raised (by
         :attr:`TrialRun.run_id` in the background). The run carries a unique ``hpo.run_key``
-        tag (``run_key``, else a new one): when a create's answer is lost, the retry finds the
-        run it made instead of making a second one.
+        tag: when a create's answer is lost, the retry finds the run it made instead of making
+        a second one.
         """
-        import uuid
-
         if self.parent_run_id is None:
             raise RuntimeError("ensure_parent_run() must be called before start_trial()")
-        # The first run of a process is opened here and now: its MLflow calls import modules
-        # that a thread importing them at the same time would find half-initialised.
-        background = background and self._opened_before
         trial = TrialRun(self, None, number)
         trial.log_params(params)
-        key = run_key or uuid.uuid4().hex
         model_tags = {"hpo.study": self.study_name, "hpo.trial": str(number)}
-        reply = None
-        if background and self.finisher is not None:
-            reply = self.finisher.open_run(
-                {
-                    "key": key,
-                    "number": number,
-                    "params": trial.params,
-                    "tags": dict(tags or {}),
-                    "model": model,
-                    "parent_run_id": self.parent_run_id,
-                }
-            )
 
         def open_() -> tuple[str, str | None]:
-            from hpo.tracking.finisher import SenderGone
-
-            if reply is not None:
-                try:
-                    run_id, model_id = reply.result()
-                except SenderGone:
-                    pass  # opened here instead (the run it may have made is found by its key)
-                else:
-                    self._unreachable_since = None
-                    if on_open is not None:
-                        on_open(run_id)
-                    return run_id, model_id
-            run_id = self._create_trial_run(number, tags, key, look_first=reply is not None)
+            run_id = self._create_trial_run(number, tags)
             self._unreachable_since = None
             if on_open is not None:
                 on_open(run_id)
             model_id = None
             if model:
                 model_id = trial.create_model_or_none(trial.params, model_tags, run_id=run_id)
-            self._opened_before = True
             return run_id, model_id
 
         trial._opening = _Opening(open_, background=background, model=model)
@@ -673,18 +629,18 @@ class StudyTracker:
             trial.run_id  # noqa: B018  (raises here what the opening raised)
         return trial
 
-    def _create_trial_run(
-        self, number: int, tags: Mapping[str, str] | None, key: str, *, look_first: bool = False
-    ) -> str:
-        """Create trial ``number``'s run, tagged with ``key``, through an outage of the store
-        (see :meth:`start_trial`); return its id. ``look_first``: another process may have
-        made it already (it ended before it answered): a run with ``key`` is used if found."""
+    def _create_trial_run(self, number: int, tags: Mapping[str, str] | None) -> str:
+        """Create trial ``number``'s run through an outage of the store (see
+        :meth:`start_trial`); return its id."""
+        import uuid
+
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         from hpo.tracking.finisher import outage_seconds
         from hpo.tracking.outage import Backoff, OutageTooLong, single_attempt
 
         assert self.parent_run_id is not None
+        key = uuid.uuid4().hex
         all_tags = {
             **(tags or {}),
             MLFLOW_PARENT_RUN_ID: self.parent_run_id,
@@ -726,8 +682,7 @@ class StudyTracker:
         backoff = Backoff(limit=outage_seconds())
         try:
             with single_attempt():
-                found = backoff.call(created, on_wait=on_wait) if look_first else None
-                return found or str(backoff.call(create, check=created, on_wait=on_wait))
+                return str(backoff.call(create, check=created, on_wait=on_wait))
         except OutageTooLong as exc:
             raise NotStarted(
                 f"tracking_uri: {_mask(self.tracking_uri)} unreachable for "

@@ -165,7 +165,6 @@ def test_a_run_that_cannot_be_opened_fails_where_it_is_needed_not_before(
     def refused(*args: object, **kwargs: object) -> None:
         raise ConnectionRefusedError("Connection refused")
 
-    tracker.start_trial(0, {}).end("FAIL", "a process's first run is opened at once")
     monkeypatch.setattr(tracker.client, "create_run", refused)
     monkeypatch.setattr(tracker.client, "search_runs", refused)
     run = tracker.start_trial(3, {"lr": 0.1}, background=True, model=True)
@@ -252,87 +251,6 @@ def test_the_background_process_sends_while_the_caller_goes_on_and_is_replaced_i
         assert_complete(tracker, run, model, X, uri)
     assert spool.list_jobs("demo") == []
     assert any("starting a new one" in w for w in warnings)
-
-
-def test_the_background_process_opens_the_trials_runs(tracker: StudyTracker) -> None:
-    """With a background sender, a trial's run and LoggedModel are opened by that process
-    (nothing of it in the training loop's process) once it has warmed up; until then, the
-    trial opens its run itself."""
-    import time
-
-    finisher = Finisher(tracker, background=True)
-    tracker.finisher = finisher
-    assert tracker.opens_in_background  # a local store: because of the process
-    asked: list[bool] = []
-    open_run = finisher.open_run
-
-    def spy(request: dict[str, object]) -> object:
-        reply = open_run(request)
-        asked.append(reply is not None)
-        return reply
-
-    finisher.open_run = spy  # type: ignore[assignment,method-assign]
-    finisher.start()
-    started = time.monotonic()
-    while not finisher._ready and time.monotonic() - started < 120:
-        time.sleep(0.1)  # it warms up (imports, a first export) before it takes requests
-    assert finisher._ready
-    opened: list[str] = []
-    tracker.start_trial(9, {}).end("FAIL", "the process's first run is opened here")
-    run, model, X, uri = a_finished_trial(tracker, 0, background=True)
-    assert run._opening is not None and run._opening.model
-    assert uri == f"models:/{run.opened_model_id}"
-    pruned = tracker.start_trial(
-        1, {"lr": 0.2}, {"hpo.device": "cpu"}, background=True, model=True, on_open=opened.append
-    )
-    assert opened == [pruned.run_id]
-    child = tracker.client.get_run(pruned.run_id)
-    assert child.info.run_name == "trial-0001"
-    assert child.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
-    assert child.data.tags["hpo.device"] == "cpu"
-    logged = tracker.client.get_logged_model(pruned.opened_model_id or "")
-    assert logged.source_run_id == pruned.run_id and logged.params == {"lr": "0.2"}
-    assert asked == [True, True]  # both opened by the process
-    run.end("COMPLETE")
-    pruned.end("PRUNED")
-    finisher.drain()
-    assert_complete(tracker, run, model, X, uri)
-    assert [
-        m.source_run_id for m in tracker.client.search_logged_models([tracker.experiment_id])
-    ] == [run.run_id]
-
-    # No process ready (drained and gone; a new one is still warming up): the trial opens its
-    # run itself.
-    third = tracker.start_trial(2, {}, background=True, model=True)
-    finisher.stop()
-    assert tracker.client.get_run(third.run_id).data.tags["hpo.trial"] == "2"
-    assert asked == [True, True, False]
-
-
-def test_a_run_the_dead_process_made_is_found_by_its_key(tracker: StudyTracker) -> None:
-    """The background process created the run, then died before it answered: the trial finds
-    that run by its key instead of making a second one."""
-    from hpo.tracking.finisher import OpenReply
-
-    tracker.start_trial(0, {}).end("FAIL", "a process's first run is opened at once")
-    key = "k" * 32
-    made = tracker.client.create_run(
-        tracker.experiment_id, tags={"hpo.run_key": key, "hpo.trial": "4"}
-    ).info.run_id
-
-    class Gone:
-        background = True
-
-        def open_run(self, request: dict[str, object]) -> OpenReply:
-            assert request["key"] == key
-            reply = OpenReply()
-            reply.set(None)  # its output ended first
-            return reply
-
-    tracker.finisher = Gone()  # type: ignore[assignment]
-    run = tracker.start_trial(4, {}, background=True, run_key=key)
-    assert run.run_id == made
-    assert len(tracker.client.search_runs([tracker.experiment_id], "tags.`hpo.trial` = '4'")) == 1
 
 
 def test_jobs_left_by_an_earlier_process_are_sent_by_the_next_one(tracker: StudyTracker) -> None:
@@ -482,24 +400,6 @@ def test_the_background_sender_warms_up_before_its_first_job(
     assert order == ["job-2"]
     warnings = [e["message"] for e in events if e["event"] == "warning"]
     assert warnings == ["could not warm up the model export: no torch.export here"]
-
-    # Warmed up, it says it is ready, then opens runs it is asked to.
-    order.clear()
-    request = {
-        "key": "a" * 32,
-        "number": 0,
-        "params": {"lr": "0.1"},
-        "tags": {},
-        "model": True,
-        "parent_run_id": tracker.parent_run_id,
-    }
-    events.clear()
-    finisher.serve(iter([header, json.dumps({"open": request}), "/spool/job-3\n"]), events.append)
-    assert [e["event"] for e in events] == ["warning", "ready", "opened", "sent"]
-    answer = events[2]
-    assert answer["key"] == "a" * 32 and "error" not in answer
-    assert tracker.client.get_run(str(answer["run_id"])).data.tags["hpo.run_key"] == "a" * 32
-    assert tracker.client.get_logged_model(str(answer["model_id"])).params == {"lr": "0.1"}
 
 
 def test_warm_up_traces_saves_and_reads_back_a_model() -> None:
