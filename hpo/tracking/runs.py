@@ -290,6 +290,8 @@ class StudyTracker:
         self.finisher: Finisher | None = None
         #: When a write to the store last failed (monotonic), until it answers again.
         self._unreachable_since: float | None = None
+        #: A trial run was opened in this process (see :meth:`start_trial`).
+        self._opened_before = False
 
     @property
     def sender(self) -> Finisher:
@@ -610,6 +612,9 @@ class StudyTracker:
         """
         if self.parent_run_id is None:
             raise RuntimeError("ensure_parent_run() must be called before start_trial()")
+        # The first run of a process is opened here and now: its MLflow calls may import modules
+        # that another thread importing them at the same time would find half-initialised.
+        background = background and self._opened_before
         trial = TrialRun(self, None, number)
         trial.log_params(params)
         model_tags = {"hpo.study": self.study_name, "hpo.trial": str(number)}
@@ -622,6 +627,7 @@ class StudyTracker:
             model_id = None
             if model:
                 model_id = trial.create_model_or_none(trial.params, model_tags, run_id=run_id)
+            self._opened_before = True
             return run_id, model_id
 
         trial._opening = _Opening(open_, background=background, model=model)

@@ -165,6 +165,7 @@ def test_a_run_that_cannot_be_opened_fails_where_it_is_needed_not_before(
     def refused(*args: object, **kwargs: object) -> None:
         raise ConnectionRefusedError("Connection refused")
 
+    tracker.start_trial(0, {}).end("FAIL", "a process's first run is opened at once")
     monkeypatch.setattr(tracker.client, "create_run", refused)
     monkeypatch.setattr(tracker.client, "search_runs", refused)
     run = tracker.start_trial(3, {"lr": 0.1}, background=True, model=True)
