@@ -107,6 +107,10 @@ def watch(url: str, name: str) -> Callable[[], list[FrozenTrial]]:
     return trials
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_until(what: str, condition: Callable[[], object], timeout: float = 90) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -259,7 +263,15 @@ def test_ctrl_c_fails_the_trial_closes_its_run_and_a_rerun_completes(
     cmd = [*HPO, "study", "start", str(spec), "--storage", storage, "--tracking-uri", tracking]
     cmd.append("-q")
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd,
+        cwd=tmp_path,
+        env=ENV,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # As in a terminal: a test run started in the background of a shell without job control
+        # inherits SIGINT ignored, and Python then installs no Ctrl-C handler at all.
+        preexec_fn=_default_sigint,
     )
     trials = watch(storage, "ctrl-c")
     live = wait_until("a trial to train", training(trials, proc.pid))
