@@ -781,9 +781,9 @@ class _Opening:
         """Wait for the opening to end (well or not)."""
         self._done.wait()
 
-    def done(self) -> bool:
-        """Whether the opening has ended (well or not)."""
-        return self._done.is_set()
+    def failed(self) -> bool:
+        """Whether it has ended without the run (not waiting)."""
+        return self._done.is_set() and self._error is not None
 
     def ok(self) -> bool:
         """Whether it has ended with the run created."""
@@ -860,9 +860,7 @@ class TrialRun:
     @property
     def open(self) -> bool:
         """Whether the run exists (its id is known without waiting)."""
-        return self._run_id is not None or (
-            self._opening is not None and self._opening.done() and self._opening.ok()
-        )
+        return self._run_id is not None or (self._opening is not None and self._opening.ok())
 
     @property
     def opened_model_id(self) -> str | None:
@@ -885,7 +883,7 @@ class TrialRun:
         """Record one epoch's metrics at ``step=epoch``; written in batches (see
         :data:`EPOCH_FLUSH_SECONDS`), the first :data:`EPOCH_FLUSH_SECONDS` after the run's
         start."""
-        if self._opening is not None and self._opening.done() and not self._opening.ok():
+        if self._opening is not None and self._opening.failed():
             # The run could not be created (the store stayed away): the trial has nowhere to
             # log, so it stops training now (NotStarted) rather than at its end.
             self.run_id  # noqa: B018
@@ -900,9 +898,7 @@ class TrialRun:
             self._epoch_values[key] = float(value)
         # A run still being created (a store that is slow or away) is not waited for here:
         # the points wait for the next flush or the end of the run.
-        if time.monotonic() - self._last_flush >= EPOCH_FLUSH_SECONDS and (
-            self.open or (self._opening is not None and self._opening.done())
-        ):
+        if time.monotonic() - self._last_flush >= EPOCH_FLUSH_SECONDS and self.open:
             self.flush()
 
     def flush(self) -> None:
@@ -963,7 +959,6 @@ class TrialRun:
         URI (``models:/m-…``, returned) is known while the trial is still open; None if the
         store was away (the sender creates it then).
         """
-
         inputs.tags = {
             **inputs.tags,
             "hpo.study": self.tracker.study_name,

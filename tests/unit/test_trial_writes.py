@@ -94,15 +94,21 @@ def test_a_finished_trial_takes_nothing(tmp_path: Path) -> None:
     assert stored.user_attrs == {} and stored.intermediate_values == {}
 
 
-def test_one_transaction_on_sqlite(tmp_path: Path) -> None:
-    """One commit for all of a trial's values and attributes, not one per row."""
+def counted_commits(study: optuna.Study) -> list[int]:
+    """A list that grows by one with each commit on the study's SQLite storage."""
     import sqlalchemy
 
+    commits: list[int] = []
+    backend = study._storage._backend  # type: ignore[attr-defined]
+    sqlalchemy.event.listen(backend.engine, "commit", lambda conn: commits.append(1))
+    return commits
+
+
+def test_one_transaction_on_sqlite(tmp_path: Path) -> None:
+    """One commit for all of a trial's values and attributes, not one per row."""
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db")
     trial = study.ask()
-    backend = study._storage._backend  # type: ignore[attr-defined]
-    commits: list[int] = []
-    sqlalchemy.event.listen(backend.engine, "commit", lambda conn: commits.append(1))
+    commits = counted_commits(study)
     write_trial(
         study._storage,
         trial._trial_id,
@@ -232,15 +238,11 @@ def test_finish_trial_ends_a_trial_as_tell_does(tmp_path: Path, kind: str, case:
 
 
 def test_finish_trial_is_one_transaction_and_refuses_a_finished_trial(tmp_path: Path) -> None:
-    import sqlalchemy
-
     from hpo.trial_writes import finish_trial
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db")
     trial = study.ask()
-    backend = study._storage._backend  # type: ignore[attr-defined]
-    commits: list[int] = []
-    sqlalchemy.event.listen(backend.engine, "commit", lambda conn: commits.append(1))
+    commits = counted_commits(study)
     finish_trial(
         study,
         trial,
