@@ -1,5 +1,5 @@
 """``python -m hpo``: the same as the ``hpo`` command."""
 
-from hpo.cli import main
+from hpo.cli import run
 
-main()
+run()

@@ -38,7 +38,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -640,13 +640,18 @@ def wait_for_workers(
     """Wait until every worker exits, calling ``poll`` every ``every`` seconds; return the failed.
 
     Ctrl-C reaches the workers too (same process group); on a second one, or when they do not
-    stop within 30 s, they are terminated.
+    stop within 30 s, they are terminated. A worker's exit is seen within milliseconds, not at
+    the next ``poll``: the study's end (its report) waits for the last one.
     """
     try:
-        while any(w.process.poll() is None for w in workers):
-            if poll is not None:
-                poll()
-            time.sleep(every)
+        next_poll = time.monotonic()
+        while running := [w for w in workers if w.process.poll() is None]:
+            if time.monotonic() >= next_poll:
+                if poll is not None:
+                    poll()
+                next_poll = time.monotonic() + every
+            with suppress(subprocess.TimeoutExpired):
+                running[0].process.wait(max(0.01, next_poll - time.monotonic()))
     except KeyboardInterrupt:
         for w in workers:
             if w.process.poll() is None:

@@ -824,3 +824,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    from hpo.quick_exit import exit_now
+
+    exit_now(0)  # the worker waits for this process to end: skip the 2 s of teardown
