@@ -223,3 +223,29 @@ def test_an_archive_with_weights_stored_otherwise_is_saved_by_torch(
     (template,) = cache._templates.values()
     assert template.records is None and cache.hits == 1
     np.testing.assert_array_equal(outputs(uris[2], tracker), expected(models[2]))
+
+
+def test_the_mlmodel_file_is_the_text_mlflow_writes(tmp_path: Path) -> None:
+    """save_mlmodel (libyaml) writes what ``Model.save`` (PyYAML's Python emitter) writes, for
+    values YAML quotes, wraps or escapes."""
+    from mlflow.models import Model
+
+    from hpo.tracking.pt2_cache import save_mlmodel
+
+    model = Model(
+        artifact_path="/tmp/a path/with: colon",
+        flavors={"pytorch": {"pytorch_version": "2.13.0+cpu", "code": None}},
+        metadata={
+            "hpo": {
+                "classes": ["0", "yes", "no", "null", "1.0", "-", "é", "a\nb", "'q'", '"d"'],
+                "mean": [0.4975266004935479, 1e-300, float("inf"), -0.0, 3],
+                "long": "word " * 60,
+                "flags": [True, False, None],
+                "nested": {"empty": [], "dict": {}},
+            }
+        },
+    )
+    save_mlmodel(model, tmp_path / "MLmodel")
+    model.save(str(tmp_path / "MLmodel.mlflow"))
+    assert (tmp_path / "MLmodel").read_text() == (tmp_path / "MLmodel.mlflow").read_text()
+    assert Model.load(str(tmp_path / "MLmodel")).metadata == model.metadata
