@@ -559,6 +559,8 @@ def summarize_study(
 
         with contextlib.suppress(TrackingError):
             result.champion = current_champion(tracker)
+    # The parent run's shown counts and best value: the study's own at its end (see final()).
+    _ParentSummary(tracker, spec).final(study)
     done = finished_count(study)
     if study.user_attrs.get(REPORT_ATTR) == done:
         return
@@ -844,7 +846,8 @@ class _ParentSummary:
             if t.state.is_finished()
         ]
         for number, at in self._ended:
-            # Finished by then (this trial itself whatever the clocks say).
+            # Finished by then (this trial itself whatever the clocks say); at the study's end
+            # (:meth:`final`, at = inf) every finished trial, whatever the workers' clocks.
             done = [t for t, ended in finished if ended <= at or t.number == number]
             counts = {s: 0 for s in ("complete", "pruned", "fail")}
             for t in done:
@@ -863,10 +866,40 @@ class _ParentSummary:
                 metrics["best_trial"] = float(best.number)
                 tags["hpo.best_trial"] = str(best.number)
                 tags["hpo.best_run_id"] = str(best.user_attrs.get("mlflow_run_id", ""))
-            self._points.append((number, int(at * 1000), metrics))
+            stamp = at if math.isfinite(at) else time.time()
+            self._points.append((number, int(stamp * 1000), metrics))
             self._tags.update(tags)
         self._ended = []
         del self._points[:-MAX_SUMMARY_POINTS]
+
+    def final(self, study: optuna.Study) -> None:
+        """Write the study's totals as they stand now, as one more point at the step of its
+        highest-numbered finished trial, timestamped now: the parent run's values at the study's
+        end. MLflow shows a run's point of the highest step (the latest of equal steps) as its
+        value, and with several workers the highest-numbered trial may end, and write its point,
+        before a lower-numbered one: the shown counts were then one short."""
+        from hpo.tracking.outage import single_attempt
+
+        self.study = study
+        numbers = [t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+        if not numbers:
+            return
+        self._ended.append((max(numbers), math.inf))
+        self._compute()
+        if self._points:
+            # Already what the run shows (one worker, or the trials ended in order): no point
+            # that repeats the last one.
+            _, _, metrics = self._points[-1]
+            try:
+                with single_attempt():
+                    shown = self.tracker.client.get_run(self.tracker.parent_run_id).data
+                if all(shown.metrics.get(k) == v for k, v in metrics.items()) and all(
+                    shown.tags.get(k) == v for k, v in self._tags.items()
+                ):
+                    self._points, self._tags = [], {}
+            except Exception:  # unread: written anyway (flush says if the store is away)
+                pass
+        self.flush()
 
     def flush(self) -> None:
         """Write the points and tags not written yet; a store that is away keeps them for the

@@ -350,10 +350,11 @@ def test_study_start_with_two_workers_meets_the_budget_under_one_parent(
         )
         assert model.status == LoggedModelStatus.READY
     assert parents[0].data.tags["hpo.champion_version"]
-    # A point is the study when its trial ended; the trial that ended last saw every one.
-    # (Not the run's latest value: that is the highest trial number's point, which may have
-    # ended before another worker's lower-numbered trial.)
+    # A point is the study when its trial ended; the trial that ended last saw every one. The
+    # run's shown value is the highest trial number's point, which may have ended before another
+    # worker's lower-numbered trial: the study's end writes the totals there.
     counts = client.get_metric_history(parents[0].info.run_id, "n_complete")
     assert max(m.value for m in counts) == budget
+    assert parents[0].data.metrics["n_complete"] == budget
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id, "study_report")}
     assert "study_report/report.html" in artifacts, artifacts

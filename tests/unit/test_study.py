@@ -125,3 +125,33 @@ def test_multi_objective_points_carry_the_front_as_it_was(tracker: StudyTracker)
     assert history(tracker, "pareto_front_size") == [(0, 1.0), (1, 2.0), (2, 1.0)]
     assert tracker.parent_run_id is not None
     assert tracker.client.get_run(tracker.parent_run_id).data.tags["hpo.pareto_trials"] == "2"
+
+
+def test_the_study_end_writes_its_totals_as_the_parent_runs_values(tracker: StudyTracker) -> None:
+    """Two workers: trial 1 ends (and writes its point) before trial 0. MLflow shows the point
+    of the highest step as the run's value, so the run showed trial 1's view (one trial
+    complete); the study's end writes the totals at that step, later, and they are shown."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = parse_spec(SPEC)
+    study = optuna.create_study(direction="maximize")
+    first, second = study.ask(), study.ask()
+    worker_a, worker_b = _ParentSummary(tracker, spec, 0), _ParentSummary(tracker, spec, 0)
+    study.tell(second, 0.6)
+    worker_a(study, study.trials[1])
+    study.tell(first, 0.9)
+    worker_b(study, study.trials[0])
+    assert tracker.parent_run_id is not None
+
+    def shown() -> dict[str, float]:
+        return dict(tracker.client.get_run(str(tracker.parent_run_id)).data.metrics)
+
+    assert shown()["n_complete"] == 1.0 and shown()["best_trial"] == 1.0  # trial 1's view
+    _ParentSummary(tracker, spec).final(study)
+    assert shown()["n_complete"] == 2.0
+    assert shown()["best_val_accuracy"] == 0.9 and shown()["best_trial"] == 0.0
+    assert tracker.client.get_run(str(tracker.parent_run_id)).data.tags["hpo.best_trial"] == "0"
+    # the per-trial points stay as they were; the totals are one more point at the last step
+    assert history(tracker, "n_complete") == [(0, 2.0), (1, 1.0), (1, 2.0)]
+    # ... and only when the run does not show them already: a second end adds nothing
+    _ParentSummary(tracker, spec).final(study)
+    assert len(history(tracker, "n_complete")) == 3
