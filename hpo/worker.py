@@ -632,6 +632,20 @@ def spawn_workers(
     return workers
 
 
+def stop_workers(workers: Sequence[WorkerProcess], grace: float = 10.0) -> None:
+    """Terminate the workers still running and wait for them (killed after ``grace`` s)."""
+    for w in workers:
+        if w.process.poll() is None:
+            w.process.terminate()
+    deadline = time.monotonic() + grace
+    for w in workers:
+        try:
+            w.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.process.kill()
+            w.process.wait()
+
+
 def wait_for_workers(
     workers: Sequence[WorkerProcess],
     poll: Callable[[], None] | None = None,

@@ -315,3 +315,46 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_met(
     assert "worker died" in dead_run.data.tags["hpo.error"]
     _, children = child_runs(mlflow, "kill")
     assert not [r for r in children if r.info.status == "RUNNING"]
+
+
+# -- hpo study start --workers: the workers start before the study is opened --------------------
+def _workers_of(spec: Path) -> list[str]:
+    """Command lines of the processes still running ``hpo worker`` on ``spec``."""
+    found = subprocess.run(["pgrep", "-af", f"worker {spec}"], capture_output=True, text=True)
+    return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+
+
+@pytest.mark.slow
+def test_workers_started_early_are_stopped_when_the_study_cannot_run(tmp_path: Path) -> None:
+    """``--workers`` starts its workers once the file and data are checked, then opens the
+    study: a storage that fails then is one line of error, and a budget already met is said;
+    either way no worker is left behind."""
+    spec = write_spec(tmp_path, "early", trials=2, epochs=1)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [*HPO, "study", "start", str(spec), "--workers", "2", "--tracking-uri", tracking]
+    done = subprocess.run(
+        [*cmd, "--storage", storage], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="early", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+    again = subprocess.run(
+        [*cmd, "--storage", storage], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr
+    assert "the study already has 2 of its 2 trials" in again.stdout + again.stderr
+    assert _workers_of(spec) == []
+    assert len(optuna.load_study(study_name="early", storage=storage).trials) == 2
+
+    missing = tmp_path / "no-such-dir" / "optuna.db"
+    failed = subprocess.run(
+        [*cmd, "--storage", f"sqlite:///{missing}"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.splitlines() == [
+        f"error: storage: cannot create the lock file '{missing}.lock': [Errno 2] No such file "
+        f"or directory: '{missing}.lock'"
+    ]
+    assert _workers_of(spec) == []
