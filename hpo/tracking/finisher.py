@@ -197,14 +197,18 @@ class _Sender:
         self.backoff = backoff
         self.on_wait = on_wait
         self.progress = spool.read_progress(self.path)
+        #: Steps an earlier attempt started: whether they got through is unknown. Not those this
+        #: attempt marks started ahead (see run()): checking them cost two store reads per run
+        #: (the model's status, the run's outputs), two requests to a tracking server.
+        self._started_before = frozenset(self.progress.get("started", []))
         self.run_ = TrialRun(tracker, job.run_id, job.trial)
         self._module: nn.Module | None = None
 
     def run(self) -> None:
         todo = [step for step in self.STEPS if step not in self.progress["done"]]
         for i, step in enumerate(todo):
-            # Started before and not done: the last attempt's fate is unknown.
-            unsure = step in self.progress.get("started", [])
+            # Started by an earlier attempt and not done: that attempt's fate is unknown.
+            unsure = step in self._started_before
             if self._add("started", step):
                 spool.write_progress(self.path, self.progress)
             getattr(self, f"_send_{step}")(unsure)

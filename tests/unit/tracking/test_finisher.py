@@ -228,6 +228,53 @@ def test_a_job_cut_off_mid_step_is_sent_again_without_duplicates(tracker: StudyT
     assert len(tracker.client.get_metric_history(run.run_id, "val_loss")) == EPOCHS
 
 
+def test_only_a_step_an_earlier_attempt_started_is_checked_first(
+    tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step is marked started with the previous one's end (one progress write per step); in
+    the same attempt that is not a doubt: the model step reads the model's status and the run's
+    outputs (two requests to a server) only after an attempt that may have got that far."""
+    from hpo.tracking import finisher
+
+    checks: list[str] = []
+    ready, linked = finisher._Sender._model_ready, finisher._Sender._linked
+    monkeypatch.setattr(
+        finisher._Sender, "_model_ready", lambda s, m: checks.append("ready") or ready(s, m)
+    )
+    monkeypatch.setattr(
+        finisher._Sender, "_linked", lambda s, m: checks.append("linked") or linked(s, m)
+    )
+    run, model, X, uri = a_finished_trial(tracker, 0)
+    sent = run.end("COMPLETE")
+    assert sent is not None and sent.ok
+    assert_complete(tracker, run, model, X, uri)
+    assert checks == []
+
+    # The sender dies at the model step, which its progress shows started: the next attempt
+    # checks it before it is redone.
+    class Died(BaseException):
+        pass
+
+    def die(self: object, unsure: bool) -> None:
+        raise Died
+
+    run, model, X, uri = a_finished_trial(tracker, 1)
+    with monkeypatch.context() as m:
+        m.setattr(finisher._Sender, "_send_model", die)
+        with pytest.raises(Died):
+            run.end("COMPLETE")
+    (path,) = spool.list_jobs("demo")
+    progress = spool.read_progress(path)
+    assert (progress["done"], progress["started"]) == (
+        ["metrics", "plots"],
+        ["metrics", "plots", "model"],
+    )
+    (again,) = sync_spool("demo", tracker)
+    assert again.ok
+    assert_complete(tracker, run, model, X, uri)
+    assert checks == ["ready", "linked"]
+
+
 def test_the_background_process_sends_while_the_caller_goes_on_and_is_replaced_if_it_dies(
     tracker: StudyTracker,
 ) -> None:
