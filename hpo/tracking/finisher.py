@@ -202,6 +202,7 @@ class _Sender:
         #: (the model's status, the run's outputs), two requests to a tracking server.
         self._started_before = frozenset(self.progress.get("started", []))
         self.run_ = TrialRun(tracker, job.run_id, job.trial)
+        self.run_.artifact_uri = job.artifact_uri
         self._module: nn.Module | None = None
 
     def run(self) -> None:

@@ -101,6 +101,10 @@ EXPERIMENT_KIND = "custom_model_development"
 CONNECT_TIMEOUT_SECONDS = 3.0
 
 
+#: Trial runs whose artifact URI a tracker remembers (its recent ones: their ends are sent soon).
+MAX_KNOWN_RUNS = 256
+
+
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///mlflow.db`` (what ``mlflow ui`` opens)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -292,6 +296,9 @@ class StudyTracker:
         self._unreachable_since: float | None = None
         #: A trial run was opened in this process (see :meth:`start_trial`).
         self._opened_before = False
+        #: The artifact URIs of the trial runs this process created, by run id (the sender
+        #: uploads there without reading the run first; see :meth:`TrialRun.log_images`).
+        self._artifact_uris: dict[str, str] = {}
 
     @property
     def sender(self) -> Finisher:
@@ -662,14 +669,14 @@ class StudyTracker:
                 run = self.client.create_run(
                     self.experiment_id, run_name=f"trial-{number:04d}", tags=all_tags
                 )
-            return str(run.info.run_id)
+            return self._created(run)
 
         def created() -> str | None:
             with _tracking_errors(what, self.tracking_uri):
                 found = self.client.search_runs(
                     [self.experiment_id], f"tags.{RUN_KEY_TAG} = '{key}'", max_results=1
                 )
-            return str(found[0].info.run_id) if found else None
+            return self._created(found[0]) if found else None
 
         warned: list[bool] = []
 
@@ -696,6 +703,20 @@ class StudyTracker:
                 "finished trials are saved, and the runs that could not be sent wait in the "
                 f"spool: `hpo sync {self.study_name}` sends them once the store is back"
             ) from None
+
+    def _created(self, run: Any) -> str:
+        """Note a trial run this process created (its artifact URI); return its id."""
+        run_id = str(run.info.run_id)
+        with self._lock:
+            self._artifact_uris[run_id] = str(run.info.artifact_uri)
+            while len(self._artifact_uris) > MAX_KNOWN_RUNS:
+                del self._artifact_uris[next(iter(self._artifact_uris))]
+        return run_id
+
+    def artifact_uri(self, run_id: str) -> str | None:
+        """The artifact URI of a trial run this process created (None: not known here)."""
+        with self._lock:
+            return self._artifact_uris.get(run_id)
 
     def _warn(self, message: str) -> None:
         if self.finisher is not None:
@@ -847,6 +868,9 @@ class TrialRun:
         self._paused_until = -math.inf
         self._plots: PlotInputs | None = None
         self._model: ModelInputs | None = None
+        #: Where the run's artifacts go, when known without asking the store (the sender's
+        #: side: from the job).
+        self.artifact_uri: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -1031,7 +1055,21 @@ class TrialRun:
             with _tracking_errors(
                 f"uploading plots of run {self.run_id}", self.tracker.tracking_uri
             ):
-                self.tracker.client.log_artifacts(self.run_id, tmp)
+                self._log_artifacts(tmp)
+
+    def _log_artifacts(self, directory: str) -> None:
+        """``MlflowClient.log_artifacts(run_id, directory)``, straight to the run's artifact
+        store when its URI is known: the client reads the run first to learn it (a request to a
+        tracking server, per run)."""
+        if self.artifact_uri is None:
+            self.tracker.client.log_artifacts(self.run_id, directory)
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+        tracking_uri = self.tracker.tracking_uri
+        uri = add_databricks_profile_info_to_artifact_uri(self.artifact_uri, tracking_uri)
+        get_artifact_repository(uri, tracking_uri=tracking_uri).log_artifacts(directory)
 
     def log_plots(
         self,
@@ -1160,6 +1198,7 @@ class TrialRun:
             tracking_uri=_mask(self.tracker.tracking_uri),
             # A trial that ends without a model leaves no model behind.
             discard_model=self.opened_model_id if state != "COMPLETE" else None,
+            artifact_uri=self.artifact_uri or self.tracker.artifact_uri(self.run_id),
         )
         try:
             path = write_job(job)

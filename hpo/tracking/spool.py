@@ -121,6 +121,9 @@ class Job:
     #: A LoggedModel created with the run for a model the trial never had (it was pruned or
     #: failed): deleted with the run's end.
     discard_model: str | None = None
+    #: The run's artifact URI, if the process that created the run knew it (else the sender
+    #: reads the run for it).
+    artifact_uri: str | None = None
     #: Where the job lives once written or read.
     path: Path | None = None
 
