@@ -246,13 +246,14 @@ def test_only_a_step_an_earlier_attempt_started_is_checked_first(
     )
     run, model, X, uri = a_finished_trial(tracker, 0)
     reads: list[str] = []
-    get_run = tracker.client.get_run
-    monkeypatch.setattr(tracker.client, "get_run", lambda r: reads.append(r) or get_run(r))
+    store = tracker._store()
+    get_run = store.get_run
+    monkeypatch.setattr(store, "get_run", lambda r: reads.append(r) or get_run(r))
     sent = run.end("COMPLETE")
     assert sent is not None and sent.ok
     # The plots went to the run's artifact URI, known from its creation: the run is not read.
     assert reads == []
-    monkeypatch.setattr(tracker.client, "get_run", get_run)
+    monkeypatch.setattr(store, "get_run", get_run)
     assert_complete(tracker, run, model, X, uri)
     assert checks == []
 
