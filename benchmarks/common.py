@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HPO = str(BIN / "hpo")
@@ -198,10 +200,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, timeout: float = 120) -> Iterator[str]:
-    """A real ``mlflow server`` on loopback (1 worker, no job runner, SQLite in ``workdir``);
+    """A real ``mlflow server`` on loopback (hpo's options: :mod:`hpo.tracking.server`; SQLite in
+    ``workdir``);
     yields its URL and stops its whole process group afterwards."""
     port = free_port()
-    env = quiet_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = quiet_env(**SERVER_ENV)
     log = (workdir / "server.log").open("w")
     cmd = [
         MLFLOW,
@@ -210,8 +213,7 @@ def mlflow_server(workdir: Path, timeout: float = 120) -> Iterator[str]:
         "127.0.0.1",
         "--port",
         str(port),
-        "--workers",
-        "1",
+        *SERVER_OPTIONS,
         "--backend-store-uri",
         f"sqlite:///{workdir / 'server.db'}",
         "--artifacts-destination",

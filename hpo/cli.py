@@ -684,13 +684,14 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         raise HpoError(f"--tracking-uri: {uri} is already a tracking server: open it in a browser")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+
+    env = {**os.environ, **SERVER_ENV}
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
         "--host", host, "--port", str(port),
-        # One worker answers each call in ~10 ms; the default four take ~50 ms (design.md).
-        "--workers", "1",
+        *SERVER_OPTIONS,
     ]  # fmt: skip
     click.echo(f"MLflow UI on http://{host}:{port} (store: {uri}); Ctrl-C stops it")
     os.execvpe(cmd[0], cmd, env)

@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
+from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 
@@ -39,7 +41,7 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server --workers 1`` (job runner off) on ``127.0.0.1:<port>``, SQLite backend and
+    """``mlflow server`` with hpo's options (:mod:`hpo.tracking.server`) on ``127.0.0.1:<port>``, SQLite backend and
     artifacts in ``root``; stopped by its process group."""
 
     def __init__(self, root: Path, port: int | None = None) -> None:
@@ -51,12 +53,12 @@ class MlflowServer:
     def start(self, timeout: float = 120) -> MlflowServer:
         env = {
             **os.environ,
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **SERVER_ENV,
             "MLFLOW_LOGGING_LEVEL": "WARNING",
         }
         env.pop("MLFLOW_TRACKING_URI", None)
         log = (self.root / "server.log").open("ab")
-        where = ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        where = ["--host", "127.0.0.1", "--port", str(self.port), *SERVER_OPTIONS]
         stores = ["--backend-store-uri", f"sqlite:///{self.root / 'server.db'}"]
         stores += ["--artifacts-destination", str(self.root / "server-artifacts")]
         self._proc = subprocess.Popen(

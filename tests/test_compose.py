@@ -21,6 +21,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 REMOTE_OVERRIDE = ROOT / "docker" / "compose.remote-workers.yml"
@@ -195,12 +197,14 @@ def test_published_ports_bind_to_loopback_only() -> None:
 def test_mlflow_server_options() -> None:
     args = _command("mlflow")
     assert _option(args, "--app-name") == "basic-auth"
-    assert _option(args, "--workers") == "1"
+    # The options hpo runs its own servers with (hpo ui, the tests, the benchmarks).
+    for name, value in zip(SERVER_OPTIONS[::2], SERVER_OPTIONS[1::2], strict=True):
+        assert _option(args, name) == value, name
     assert "mlflow" in _option(args, "--allowed-hosts").split(",")
     assert _option(args, "--artifacts-destination") == "/mlflow/artifacts"
     assert "--serve-artifacts" in args
     env = _services()["mlflow"]["environment"]
-    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert {k: env[k] for k in SERVER_ENV} == SERVER_ENV
     assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://")
 
 

@@ -152,7 +152,12 @@ def test_a_server_that_stops_mid_trial_and_comes_back_loses_nothing(tmp_path: Pa
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
-        assert err.count("does not answer") == 1, err  # said once, not per call
+        # The outage is said, once by each part that met it, not per call. Which parts meet it
+        # depends on how long the server takes to come back (the sender says so only past a few
+        # seconds; a next trial waits for the store and says so).
+        said = ("does not answer", "cannot reach", "could not update the study's parent run")
+        assert sum(err.count(s) for s in said) >= 1, err
+        assert all(err.count(s) <= 1 for s in said), err
         assert_optuna_complete(storage, "outage", 2)
         assert_runs_complete(MlflowClient(server.url), "outage", 2)
     assert not (tmp_path / "spool" / "outage").exists()

@@ -28,6 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
 from tests.conftest import PG_ADMIN_DSN
 
 SPEC = """\
@@ -161,7 +162,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         **os.environ,
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **SERVER_ENV,
     }
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
@@ -169,7 +170,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
             "--backend-store-uri", f"{base}/{names[1]}",
             "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--host", "127.0.0.1", "--port", str(port), *SERVER_OPTIONS,
         ],
         cwd=root, env=server_env, stdout=subprocess.DEVNULL, stderr=log,
         start_new_session=True,

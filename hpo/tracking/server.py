@@ -1,0 +1,33 @@
+"""How hpo runs an MLflow tracking server: ``hpo ui``, the team stack's ``mlflow`` service
+(``docker-compose.yml``, checked against this by ``tests/test_compose.py``), the tests' and the
+benchmarks' servers.
+
+Measured on 2 cores (``mlflow server`` 3.17, the reference trial logged over HTTP,
+``benchmarks/overhead.py``):
+
+* one worker process: the default four answer each REST call on a reused connection in ~50 ms
+  (responses written in two packets without TCP_NODELAY, uvicorn issue 3149), one in 8-11 ms;
+* gunicorn with 4 threads, not uvicorn: uvicorn serves MLflow's Flask API through FastAPI's WSGI
+  bridge, which cost the server 86-102 ms of CPU per trial (19 requests) against 64-82 ms;
+  on 2 cores that CPU is taken from training (hpo's overhead per trial 0.42-0.47 of the training
+  time against 0.31-0.42, alternating). The threads keep a long upload from holding up the
+  other workers' calls. MLflow 3.17 warns that it recommends uvicorn; the endpoints only its
+  FastAPI app serves (OpenTelemetry traces, the AI gateway, jobs) are not used by hpo.
+"""
+
+from __future__ import annotations
+
+#: Options of ``mlflow server`` (after the stores and the address). Gunicorn's control socket
+#: (new in gunicorn 26) would be one path in the user's home for every server on the machine.
+SERVER_OPTIONS: tuple[str, ...] = (
+    "--workers",
+    "1",
+    "--gunicorn-opts",
+    "--threads 4 --no-control-socket",
+)
+#: Environment of the server: the job runner (1.7-3 GB of memory) serves features hpo does not
+#: use; MLflow's advice to use uvicorn (see above) is not repeated at every start.
+SERVER_ENV: dict[str, str] = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "PYTHONWARNINGS": "ignore:We recommend using uvicorn:FutureWarning",
+}
