@@ -8,7 +8,8 @@ model), 1 torch thread. Two things are compared in one process:
   (:func:`benchmarks.loop.raw_train`): the pure training time;
 * ``hpo``: trials of a study run by :class:`hpo.study.TrialRunner` — the worker's own loop, with
   its callbacks and its background sender of the trials' runs (:mod:`hpo.tracking.finisher`) —
-  on a local SQLite MLflow store, and against a real ``mlflow server --workers 1`` on loopback.
+  on a local SQLite MLflow store, and against a real ``mlflow server`` on loopback, run as hpo
+  runs its servers (:mod:`hpo.tracking.server`: one gunicorn process, 4 threads).
 
 The sender works while the next trial trains, so the cost of a trial is not the time between its
 start and its end: it is what a study of K trials takes, **including the wait at its end until
