@@ -1,7 +1,7 @@
 """Ending an hpo process once its work is done, without the interpreter's teardown.
 
 At exit CPython frees every module and object one by one. With torch, MLflow, scikit-learn and
-Optuna loaded that takes 1.2-2 s (measured on 2 cores: 1.3 s after importing only those
+Optuna loaded that takes 1.3-2 s (measured on 2 cores: 1.3 s after importing only those
 libraries, 2.0 s after a 16-trial study), and every hpo process pays it where someone waits:
 the command itself, each ``--workers`` worker (the command waits for them before its report),
 and the background sender (a study's end waits for it to exit).

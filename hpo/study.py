@@ -665,27 +665,27 @@ def run_local_workers(
             )
             _end_parent(study, spec, tracker)
             return result
+        before = finished_count(study)
+        if on_start is not None:
+            on_start(study, spec.trials - before)
+        watcher = None
+        configure_threads(spec.train.threads, workers=workers)  # each worker's share
+        if send_here:
+            # With one torch thread: the workers take the cores, and torch's default (a thread
+            # per core) woke a pool of threads that competed with their training (0.4 s trials
+            # instead of 0.25 s). The workers spool their runs until it starts.
+            import torch
+
+            torch.set_num_threads(1)
+            watcher = SpoolWatcher(
+                Finisher(tracker, background=False, shared=False),
+                on_sent=_SentRuns(study, spec, tracker).handle,
+            )
+            tracker.finisher = watcher.finisher
+            watcher.start()
     except BaseException:  # the error (or Ctrl-C) is this process's to report, not theirs
         stop_workers(procs)
         raise
-    before = finished_count(study)
-    if on_start is not None:
-        on_start(study, spec.trials - before)
-    watcher = None
-    configure_threads(spec.train.threads, workers=workers)  # each worker's share, as it sets it
-    if send_here:
-        # With one torch thread: the workers take the cores, and torch's default (a thread per
-        # core) woke a pool of threads that competed with their training (0.4 s trials instead
-        # of 0.25 s). The workers spool their runs until it starts.
-        import torch
-
-        torch.set_num_threads(1)
-        watcher = SpoolWatcher(
-            Finisher(tracker, background=False, shared=False),
-            on_sent=_SentRuns(study, spec, tracker).handle,
-        )
-        tracker.finisher = watcher.finisher
-        watcher.start()
     try:
         failed = wait_for_workers(procs, poll=(lambda: on_poll(study)) if on_poll else None)
     finally:
