@@ -684,9 +684,9 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         raise HpoError(f"--tracking-uri: {uri} is already a tracking server: open it in a browser")
-    from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+    from hpo.tracking.server import SERVER_OPTIONS, server_env
 
-    env = {**os.environ, **SERVER_ENV}
+    env = server_env(os.environ)
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,

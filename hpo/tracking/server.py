@@ -17,6 +17,8 @@ Measured on 2 cores (``mlflow server`` 3.17, the reference trial logged over HTT
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 #: Options of ``mlflow server`` (after the stores and the address). Gunicorn's control socket
 #: (new in gunicorn 26) would be one path in the user's home for every server on the machine.
 SERVER_OPTIONS: tuple[str, ...] = (
@@ -31,3 +33,12 @@ SERVER_ENV: dict[str, str] = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "PYTHONWARNINGS": "ignore:We recommend using uvicorn:FutureWarning",
 }
+
+
+def server_env(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` (the caller's environment) with :data:`SERVER_ENV`; warning filters the user set
+    in ``PYTHONWARNINGS`` are kept, before hpo's."""
+    env = {**base, **SERVER_ENV}
+    if base.get("PYTHONWARNINGS"):
+        env["PYTHONWARNINGS"] = f"{base['PYTHONWARNINGS']},{SERVER_ENV['PYTHONWARNINGS']}"
+    return env
