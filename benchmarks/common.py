@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+from hpo.tracking.server import SERVER_OPTIONS, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -204,7 +204,7 @@ def mlflow_server(workdir: Path, timeout: float = 120) -> Iterator[str]:
     ``workdir``);
     yields its URL and stops its whole process group afterwards."""
     port = free_port()
-    env = quiet_env(**SERVER_ENV)
+    env = server_env(quiet_env())
     log = (workdir / "server.log").open("w")
     cmd = [
         MLFLOW,

@@ -829,8 +829,9 @@ class _ParentSummary:
         self.interval = interval
         self.study = study
         self._warned = False
-        #: Trials that ended, with the time (seconds since the epoch): points to compute.
-        self._ended: list[tuple[int, float]] = []
+        #: Trials that ended, with the time (seconds since the epoch): points to compute. None
+        #: for a trial: the study's end (:meth:`final`).
+        self._ended: list[tuple[int | None, float]] = []
         #: Computed points not written yet (the store was away).
         self._points: list[tuple[int, int, dict[str, float]]] = []
         self._tags: dict[str, str] = {}
@@ -857,8 +858,12 @@ class _ParentSummary:
             if t.state.is_finished()
         ]
         for number, at in self._ended:
+            if number is None:  # the study's end (final()): at its highest finished trial
+                if not finished:
+                    continue
+                number = max(t.number for t, _ in finished)
             # Finished by then (this trial itself whatever the clocks say); at the study's end
-            # (:meth:`final`, at = inf) every finished trial, whatever the workers' clocks.
+            # (at = inf) every finished trial, whatever the workers' clocks.
             done = [t for t, ended in finished if ended <= at or t.number == number]
             counts = {s: 0 for s in ("complete", "pruned", "fail")}
             for t in done:
@@ -892,11 +897,8 @@ class _ParentSummary:
         from hpo.tracking.outage import single_attempt
 
         self.study = study
-        numbers = [t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        if not numbers:
-            return
-        self._ended.append((max(numbers), math.inf))
-        self._compute()
+        self._ended.append((None, math.inf))
+        self._compute()  # one read of the study
         if self._points:
             # Already what the run shows (one worker, or the trials ended in order): no point
             # that repeats the last one.

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
-from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+from hpo.tracking.server import SERVER_OPTIONS, server_env
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
@@ -52,8 +52,7 @@ class MlflowServer:
 
     def start(self, timeout: float = 120) -> MlflowServer:
         env = {
-            **os.environ,
-            **SERVER_ENV,
+            **server_env(os.environ),
             "MLFLOW_LOGGING_LEVEL": "WARNING",
         }
         env.pop("MLFLOW_TRACKING_URI", None)

@@ -28,7 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+from hpo.tracking.server import SERVER_OPTIONS, server_env
 from tests.conftest import PG_ADMIN_DSN
 
 SPEC = """\
@@ -158,11 +158,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "auth_cache_ttl_seconds = 300\n"
     )
     port = _free_port()
-    server_env = {
-        **os.environ,
+    environment = {
+        **server_env(os.environ),
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
-        **SERVER_ENV,
     }
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(
@@ -172,7 +171,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "--artifacts-destination", str(root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), *SERVER_OPTIONS,
         ],
-        cwd=root, env=server_env, stdout=subprocess.DEVNULL, stderr=log,
+        cwd=root, env=environment, stdout=subprocess.DEVNULL, stderr=log,
         start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
