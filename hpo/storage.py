@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -46,6 +47,9 @@ DEFAULT_STORAGE = "sqlite:///hpo.db"
 ENV_STORAGE = "HPO_STORAGE"
 #: Seconds SQLite waits for a lock held by another process before giving up.
 SQLITE_BUSY_TIMEOUT_S = 60
+#: Times a new database's tables are created again after another process created them at the
+#: same moment (see :func:`_lost_creation_race`).
+CREATION_RETRIES = 5
 
 
 def resolve_storage_url(cli: str | None = None, spec: str | None = None) -> str:
@@ -145,10 +149,34 @@ def open_storage(
     with _storage_errors(url), warnings.catch_warnings():
         # heartbeat_interval is marked experimental; it is what we rely on, on purpose.
         warnings.simplefilter("ignore")
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        for attempt in range(CREATION_RETRIES + 1):
+            try:
+                storage = RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+                break
+            except Exception as exc:
+                if attempt == CREATION_RETRIES or not _lost_creation_race(exc):
+                    raise
+                # The other process has created the tables, or is about to: the next attempt
+                # finds them and creates nothing.
+                time.sleep(0.05 * (attempt + 1))
         # A pruning report is one commit per epoch: 9 ms each with SQLite's default fsyncs.
         tune_sqlite_engine(storage.engine)
         return storage
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    """Whether opening a new database failed because another process (another hpo command, a
+    dashboard, a script of the user's) created Optuna's tables or stamped their version at the
+    same moment: "table ... already exists", a unique constraint on ``alembic_version`` or
+    ``version_info``. Optuna checks for each before creating it, so two processes can both find
+    it missing; the loser's next attempt finds it there."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.ProgrammingError):
+        return "already exists" in str(exc.orig).lower()
+    return False
 
 
 @contextmanager

@@ -21,6 +21,7 @@ import pytest
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
+from hpo.storage import open_storage
 from tests.mlflow_faults import FaultyProxy, MlflowServer
 
 pytestmark = pytest.mark.slow
@@ -29,8 +30,13 @@ HPO = [sys.executable, "-m", "hpo"]
 EPOCHS = 8
 
 
+#: Samples for a study whose trials train long enough (about 3 s, the first trial more) for a
+#: test to see trial 0 running with its run open and stop the server before it ends.
+MID_TRIAL_SAMPLES = 9600
+
+
 def write_spec(root: Path, name: str, trials: int, samples: int = 2400) -> Path:
-    """A study whose trials train for about 2 s (long enough to stop a server mid-trial)."""
+    """A study of ``trials`` short MLP trials (about 0.7 s each at 2,400 samples)."""
     spec = root / f"{name}.yaml"
     spec.write_text(
         f"""\
@@ -82,17 +88,43 @@ def hpo(root: Path, *args: str, outage: float) -> subprocess.CompletedProcess[st
     )
 
 
-def wait_for(condition: object, what: str, timeout: float = 180) -> None:
+def wait_for(
+    condition: Callable[[], bool],
+    what: str,
+    proc: subprocess.Popen[str] | None = None,
+    timeout: float = 180,
+) -> None:
+    """Poll ``condition``; fail at once, with its output, if ``proc`` has ended meanwhile."""
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"hpo ended ({proc.returncode}) before {what}:\n{out}\n{err}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
 
 
+def wait_for_run_mid_trial(proc: subprocess.Popen[str], storage: str, name: str) -> None:
+    """Until trial 0 trains with its run open; fail at once if it has already ended (the test
+    would then stop the server at the wrong time)."""
+
+    def running() -> bool:
+        state = trial_state(storage, name, 0)
+        if state not in (None, "RUNNING"):
+            raise AssertionError(f"trial 0 ended ({state}) before the test saw its run open")
+        return trial_state(storage, name, 0, "mlflow_run_id") == "RUNNING"
+
+    wait_for(running, "trial 0 to train with its run open", proc)
+
+
 def trial_state(storage: str, name: str, number: int, attr: str | None = None) -> str | None:
+    """Trial ``number``'s state (None before it exists, or without ``attr`` if one is given).
+
+    Read through hpo's ``open_storage``: the first read may create the database's tables at the
+    moment the hpo command does, and only hpo's opening survives losing that race."""
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         return None
     for t in study.get_trials(deepcopy=False):
@@ -140,13 +172,13 @@ def test_a_server_that_stops_mid_trial_and_comes_back_loses_nothing(tmp_path: Pa
     """The server dies while trial 0 trains: the trial's result is recorded while the server is
     down, its run waits in the spool and is sent by the worker once the server is back."""
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
-    spec = write_spec(tmp_path, "outage", trials=2)
+    spec = write_spec(tmp_path, "outage", trials=2, samples=MID_TRIAL_SAMPLES)
     with MlflowServer(tmp_path) as server:
         proc = start(tmp_path, spec, storage, server.url, outage=120)
-        wait_for(lambda: trial_state(storage, "outage", 0, "mlflow_run_id") == "RUNNING", "trial 0")
+        wait_for_run_mid_trial(proc, storage, "outage")
         server.stop()
         # The Optuna result does not wait for MLflow.
-        wait_for(lambda: trial_state(storage, "outage", 0) == "COMPLETE", "trial 0's result")
+        wait_for(lambda: trial_state(storage, "outage", 0) == "COMPLETE", "trial 0's result", proc)
         time.sleep(2)
         server.start()
         _, err = proc.communicate(timeout=300)
@@ -170,10 +202,10 @@ def test_a_server_away_too_long_stops_the_worker_and_sync_sends_the_runs(
     finished trial's result is kept and its run waits in the spool; `hpo sync` sends it, and a
     new start completes the study."""
     storage = f"sqlite:///{tmp_path / 'hpo.db'}"
-    spec = write_spec(tmp_path, "away", trials=2)
+    spec = write_spec(tmp_path, "away", trials=2, samples=MID_TRIAL_SAMPLES)
     with MlflowServer(tmp_path) as server:
         proc = start(tmp_path, spec, storage, server.url, outage=3)
-        wait_for(lambda: trial_state(storage, "away", 0, "mlflow_run_id") == "RUNNING", "trial 0")
+        wait_for_run_mid_trial(proc, storage, "away")
         server.stop()
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, err

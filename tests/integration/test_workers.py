@@ -28,6 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from hpo.storage import open_storage
 from hpo.tracking.server import SERVER_OPTIONS, server_env
 from tests.conftest import PG_ADMIN_DSN
 
@@ -269,7 +270,8 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_met(
     deadline = time.monotonic() + 60
     while killed_trial is None and time.monotonic() < deadline:
         try:
-            study = optuna.load_study(study_name="kill", storage=server.storage)
+            # hpo's opening: it survives creating the tables at the moment a worker does.
+            study = optuna.load_study(study_name="kill", storage=open_storage(server.storage))
         except KeyError:  # not created yet
             time.sleep(0.2)
             continue

@@ -56,6 +56,60 @@ def test_sqlite_and_journal_work(tmp_path: Path) -> None:
         assert len(optuna.load_study(study_name="s", storage=open_storage(url)).trials) == 2
 
 
+def open_at_once(url: str, n: int = 4) -> list[str]:
+    """Open the storage at ``url`` from ``n`` threads released together; their errors."""
+    barrier, errors = threading.Barrier(n), []
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            study = optuna.create_study(storage=open_storage(url), load_if_exists=True)
+            study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=open_it) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_a_new_sqlite_database_opened_by_several_at_once_works_for_all(tmp_path: Path) -> None:
+    """Another hpo command, a dashboard or the user's script creates Optuna's tables at the same
+    moment: whoever loses that race finds them on its next attempt (before the fix, every round
+    failed one opener with "table ... already exists" or a UNIQUE constraint)."""
+    for round_ in range(5):
+        url = f"sqlite:///{tmp_path}/r{round_}.db"
+        assert open_at_once(url) == []
+        assert len(optuna.get_all_study_names(open_storage(url))) == 4
+
+
+def test_a_new_postgres_database_opened_by_several_at_once_works_for_all(
+    postgres_url: str,
+) -> None:
+    assert open_at_once(postgres_url) == []
+
+
+def test_a_database_error_that_is_not_a_creation_race_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+
+    calls = []
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(RDBStorage, "__init__", broken)
+    with pytest.raises(StorageUnavailable, match="disk I/O error"):
+        open_storage(f"sqlite:///{tmp_path}/x.db")
+    assert len(calls) == 1
+
+
 @pytest.mark.parametrize("url", ["nonsense", "foo://bar/baz", "journal:"])
 def test_invalid_urls_are_one_clear_error(url: str) -> None:
     with pytest.raises(StorageError, match="storage:"):
