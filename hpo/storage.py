@@ -205,6 +205,8 @@ def _storage_errors(url: str) -> Iterator[None]:
 
 
 # -- one process at a time, per study ----------------------------------------------------------
+_FILE_LOCKS: dict[str, threading.RLock] = {}
+_FILE_LOCK_DEPTH: dict[str, int] = {}
 _LOCAL_LOCKS: dict[str, threading.Lock] = {}
 _LOCAL_LOCKS_GUARD = threading.Lock()
 _LOCK_ENGINES: dict[str, Any] = {}
@@ -215,15 +217,60 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
-def _lock_file(url: str) -> Path | None:
-    """The file to ``flock`` for a SQLite or journal storage (None: in-memory or a server)."""
-    if url.startswith("journal:"):
-        return Path(url.removeprefix("journal:").removeprefix("//") + ".lock")
+class _LockFileError(OSError):
+    """The lock file could not be opened (its directory is missing or read-only)."""
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) across processes.
+
+    Re-entrant within a thread, and threads of one process take turns: the file is locked once
+    per process, by the outermost holder (two open descriptions of one file would block each
+    other even in one process). The operating system releases it if the process dies.
+    """
+    import fcntl
+
+    key = str(Path(path).absolute())
+    with _LOCAL_LOCKS_GUARD:
+        local = _FILE_LOCKS.setdefault(key, threading.RLock())
+    with local:
+        if _FILE_LOCK_DEPTH.get(key, 0):
+            _FILE_LOCK_DEPTH[key] += 1
+            try:
+                yield
+            finally:
+                _FILE_LOCK_DEPTH[key] -= 1
+            return
+        try:
+            handle = open(path, "a+b")  # noqa: SIM115 - closed below, after the lock
+        except OSError as exc:
+            raise _LockFileError(exc.errno, exc.strerror, str(path)) from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            _FILE_LOCK_DEPTH[key] = 1
+            try:
+                yield
+            finally:
+                _FILE_LOCK_DEPTH[key] = 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sqlite_lock_file(url: str) -> Path | None:
+    """The lock file hpo uses for the SQLite database at ``url`` (``<file>.lock``), or None for
+    an in-memory database or any other URL."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
         if path and path != ":memory:":
             return Path(path + ".lock")
     return None
+
+
+def _lock_file(url: str) -> Path | None:
+    """The file to ``flock`` for a SQLite or journal storage (None: in-memory or a server)."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:").removeprefix("//") + ".lock")
+    return sqlite_lock_file(url)
 
 
 class LockHeld:
@@ -282,18 +329,11 @@ def study_lock(url: str, name: str) -> Iterator[LockHeld]:
         return
     path = _lock_file(url)
     if path is not None:
-        import fcntl
-
         try:
-            handle = open(path, "a+b")  # noqa: SIM115 - closed below, after the lock
-        except OSError as exc:
-            raise StorageError(f"storage: cannot create the lock file '{path}': {exc}") from None
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
+            with file_lock(path):
                 yield LockHeld()
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        except _LockFileError as exc:
+            raise StorageError(f"storage: cannot create the lock file '{path}': {exc}") from None
         return
     with _LOCAL_LOCKS_GUARD:
         lock = _LOCAL_LOCKS.setdefault(f"{url}#{name}", threading.Lock())

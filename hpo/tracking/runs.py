@@ -157,6 +157,25 @@ def _tune_sqlite(store: Any) -> None:
     tune_sqlite_engine(getattr(store, "engine", None))
 
 
+@contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """Around opening a SQLite store: hold its ``<file>.lock``.
+
+    Opening a new store creates its tables and runs MLflow's migrations; two processes doing so
+    at once (two studies on a Postgres storage sharing one local ``mlflow.db``) fail with
+    "table runs already exists" or "duplicate column name", measured 9 of 12 processes in 4
+    rounds of 3, and may leave the database half-migrated.
+    """
+    from hpo.storage import file_lock, sqlite_lock_file
+
+    path = sqlite_lock_file(uri)
+    if path is None:
+        yield
+        return
+    with file_lock(path):
+        yield
+
+
 def _is_server_database(uri: str) -> bool:
     """A database reached over the network (not SQLite), e.g. ``postgresql://…``."""
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
@@ -317,7 +336,11 @@ class StudyTracker:
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            with self._lock, _tracking_errors("opening the tracking store", self.tracking_uri):
+            with (
+                self._lock,
+                _tracking_errors("opening the tracking store", self.tracking_uri),
+                _creating(self.tracking_uri),
+            ):
                 if self._client is None:
                     client = MlflowClient(
                         self.tracking_uri, registry_uri=registry_uri(self.tracking_uri)

@@ -15,6 +15,7 @@ from hpo.errors import StorageError, StorageUnavailable
 from hpo.storage import (
     DEFAULT_STORAGE,
     _lock_key,
+    file_lock,
     mask_url,
     open_storage,
     resolve_storage_url,
@@ -235,6 +236,29 @@ def test_a_lost_study_lock_is_noticed_before_an_exclusive_write(postgres_url: st
             held.check()
     with study_lock(postgres_url, "s") as held:
         held.check()  # a new connection, the lock held again
+
+
+def test_the_file_lock_is_reentrant_in_a_thread_and_exclusive_across_threads(
+    tmp_path: Path,
+) -> None:
+    """The study lock and the tracking store's lock may be one file (both stores in one SQLite
+    database): the inner holder must not wait for the outer one; another thread must."""
+    path = tmp_path / "x.db.lock"
+    order: list[str] = []
+    with file_lock(path):
+        with file_lock(path):  # would block for ever on a second flock
+            order.append("inner")
+
+        def other() -> None:
+            with file_lock(path):
+                order.append("other")
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        time.sleep(0.2)
+        order.append("outer ends")
+    thread.join(5)
+    assert order == ["inner", "outer ends", "other"]
 
 
 def test_a_file_lock_cannot_be_lost(tmp_path: Path) -> None:

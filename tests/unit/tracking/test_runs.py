@@ -91,6 +91,44 @@ def test_experiment_creation_tolerates_a_concurrent_creator(
     assert len(calls) == 2
 
 
+OPEN_AT = r"""
+import sys, time
+from hpo.tracking.runs import StudyTracker
+at = float(sys.argv[2])
+time.sleep(max(0.0, at - time.time()))
+tracker = StudyTracker(sys.argv[1], sys.argv[3])
+tracker.check_connection()
+print(tracker.experiment_id)
+"""
+
+
+@pytest.mark.slow
+def test_a_new_sqlite_store_opened_by_several_processes_at_once_works_for_all(
+    tmp_path: Path,
+) -> None:
+    """Two studies (on a Postgres storage, whose study locks differ) open one new local
+    ``mlflow.db`` at the same moment: MLflow's table creation and migrations are not safe to run
+    twice at once (before the store's lock file, 9 of 12 such processes failed)."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    at = str(time.time() + 5)  # past the imports: the processes open the store together
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AT, uri, at, f"study-{k}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for k in range(3)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    experiments = MlflowClient(uri).search_experiments()
+    assert sorted(e.name for e in experiments) == ["Default", "study-0", "study-1", "study-2"]
+
+
 def test_deleted_experiment_is_refused_with_the_fix(tracking_uri: str) -> None:
     tracker = StudyTracker(tracking_uri, "gone")
     MlflowClient(tracking_uri).delete_experiment(tracker.experiment_id)
