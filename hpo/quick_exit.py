@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import gc
 import os
+import signal
 import sys
 import threading
 from typing import NoReturn
@@ -82,7 +83,31 @@ def exit_now(code: str | int | None = 0) -> NoReturn:
     main = threading.main_thread()
     if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(code)
+    _finish(exit_code(code))
+
+
+def exit_child(code: str | int | None = 0) -> NoReturn:
+    """:func:`exit_now` for a forked child (:mod:`hpo.forked`), which must never return into the
+    code it was forked from, whatever happens here (a Ctrl-C while it ends included).
+
+    The threads a normal exit waits for are waited for here, as the interpreter does it: first
+    the thread pools are told to stop (MLflow's artifact uploads keep a pool whose idle threads
+    would otherwise wait for work for ever), then every non-daemon thread is joined."""
     status = exit_code(code)
+    try:
+        shutdown = getattr(threading, "_shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        _finish(status)
+    except BaseException:
+        pass
+    os._exit(status if status else 130)
+
+
+def _finish(status: int) -> NoReturn:
+    # The work is done: a Ctrl-C now would only print a traceback over the exit.
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     atexit._run_exitfuncs()
     close_databases()
     if not _flush() and status == 0:

@@ -627,12 +627,16 @@ def run_local_workers(
     end of its error output.
     """
     from hpo.errors import HpoError
+    from hpo.forked import fork_possible, single_threaded_torch
     from hpo.tracking.finisher import Finisher, SpoolWatcher, background_default
     from hpo.training.threads import configure_threads, spare_cores
     from hpo.worker import budget_usage, spawn_workers, stop_workers, wait_for_workers
 
-    data = prepare_data(spec, str(file))
-    device = prepare_device(spec, str(file))
+    # Forked workers (opt-in: hpo.forked) start with this process's imports and loaded data.
+    fork = fork_possible(spec.train.device)
+    with single_threaded_torch(fork):
+        data = prepare_data(spec, str(file))
+        device = prepare_device(spec, str(file))
     # Training leaves a core (or the CPU, next to an accelerator) idle: this process sends every
     # worker's runs there (see below).
     send_here = background_default(str(device), spare_cores(workers))
@@ -649,6 +653,7 @@ def run_local_workers(
         force=force,
         extra=extra_args,
         shared_sender=send_here,
+        fork=fork,
     )
     try:
         session = start_session(

@@ -52,6 +52,7 @@ from hpo.trial_writes import finish_trial
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
+    from hpo.forked import ForkedProcess
     from hpo.spec import HeartbeatSpec
     from hpo.tracking.runs import StudyTracker
 
@@ -581,9 +582,10 @@ class TrialLoop:
 # -- local worker processes --------------------------------------------------------------------
 @dataclass
 class WorkerProcess:
-    """One ``hpo worker`` child process and the file its stderr goes to."""
+    """One ``hpo worker`` child process (a new interpreter, or forked: :mod:`hpo.forked`) and
+    the file its stderr goes to."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     stderr: Any
 
     def tail(self, lines: int = 5) -> str:
@@ -604,30 +606,48 @@ def spawn_workers(
     force: bool = False,
     extra: Sequence[str] = (),
     shared_sender: bool = False,
+    fork: bool = False,
 ) -> list[WorkerProcess]:
     """Start ``k`` ``hpo worker`` processes on the study of ``file``.
 
     Each takes a 1/k share of the cores (``--local-workers k``) and prints nothing but errors.
     ``shared_sender``: they leave their trials' runs in the spool for this process to send
-    (``HPO_FINISHER=shared``: :class:`hpo.tracking.finisher.SpoolWatcher`).
+    (``HPO_FINISHER=shared``: :class:`hpo.tracking.finisher.SpoolWatcher`). ``fork``: forked
+    from this process where :func:`hpo.forked.fork_refused` allows it (the caller prepared for
+    it: :mod:`hpo.forked`), else new interpreters.
     """
-    cmd = [
-        sys.executable, "-m", "hpo", "worker", file,
+    from hpo.forked import fork_hpo, fork_refused, preload
+
+    args = [
+        "worker", file,
         "--storage", storage_url, "--tracking-uri", tracking_uri,
         "--study-name", study_name, "--local-workers", str(k), "--quiet",
     ]  # fmt: skip
     if timeout is not None:
-        cmd += ["--timeout", str(timeout)]
+        args += ["--timeout", str(timeout)]
     if force:
-        cmd.append("--force")
-    cmd += list(extra)
+        args.append("--force")
+    args += list(extra)
     from hpo.tracking.finisher import MODE_ENV, SHARED
 
-    env = {**os.environ, MODE_ENV: SHARED} if shared_sender else None
+    added = {MODE_ENV: SHARED} if shared_sender else {}
+    if fork:
+        preload()
+        fork = fork_refused() is None
     workers = []
     for _ in range(k):
         err = tempfile.TemporaryFile()  # noqa: SIM115 - outlives this function, see tail()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        proc: subprocess.Popen[bytes] | ForkedProcess
+        if fork:
+            with open(os.devnull, "wb") as devnull:
+                proc = fork_hpo(args, stdout=devnull.fileno(), stderr=err.fileno(), env=added)
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hpo", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, **added} if added else None,
+            )
         workers.append(WorkerProcess(proc, err))
     return workers
 

@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -321,9 +322,57 @@ def test_a_killed_worker_s_trial_is_retried_and_the_budget_met(
 
 # -- hpo study start --workers: the workers start before the study is opened --------------------
 def _workers_of(spec: Path) -> list[str]:
-    """Command lines of the processes still running ``hpo worker`` on ``spec``."""
-    found = subprocess.run(["pgrep", "-af", f"worker {spec}"], capture_output=True, text=True)
+    """Command lines of the processes still running on ``spec`` (called once the command has
+    ended: a worker, forked or not, still there was left behind)."""
+    found = subprocess.run(["pgrep", "-af", str(spec)], capture_output=True, text=True)
     return [line for line in found.stdout.splitlines() if "pgrep" not in line]
+
+
+def _children(pid: int) -> dict[int, tuple[str, str]]:
+    """The child processes of ``pid``: their name and command line."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with suppress(OSError):
+            for child in (task / "children").read_text().split():
+                proc = Path(f"/proc/{child}")
+                with suppress(OSError):
+                    name = (proc / "comm").read_text().strip()
+                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    out[int(child)] = (name, cmdline)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_workers_are_forked_from_the_command_or_started_anew(tmp_path: Path, start: str) -> None:
+    """With ``HPO_WORKER_START=fork``, ``--workers 2`` forks its workers from the command, which
+    has imported what they need and loaded the data (they show as ``hpo-worker``); by default
+    (``spawn``) it starts new interpreters. Either way the workers share the study out and end with it; with two torch
+    threads each, so that a torch thread pool inherited from the command would hang them."""
+    spec = write_spec(tmp_path, f"start-{start}", trials=4, epochs=2)
+    spec.write_text(spec.read_text().replace("seed: 0}", "seed: 0, threads: 2}"))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cmd = [*HPO, "study", "start", str(spec), "-q", "--workers", "2", "--storage", storage]
+    cmd += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    env = {**os.environ, "HPO_WORKER_START": start}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    seen: dict[int, tuple[str, str]] = {}
+    while proc.poll() is None and len(seen) < 2:
+        seen.update(_children(proc.pid))
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    if start == "fork":
+        assert [name for name, _ in seen.values()] == ["hpo-worker"] * 2, seen
+    else:
+        assert all(" -m hpo worker " in cmdline for _, cmdline in seen.values()), seen
+    study = optuna.load_study(study_name=f"start-{start}", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    workers = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.trials}
+    assert workers <= set(seen) and len(workers) == 2
+    assert _workers_of(spec) == []
 
 
 @pytest.mark.slow
