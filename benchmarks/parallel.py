@@ -4,7 +4,9 @@ The study is the reference trial (MLP on random 1,000 × 100 data, 20 epochs, fu
 local SQLite MLflow store) with ``dropout`` and ``lr`` searched by the random sampler, no pruner,
 ``train.threads: 1``, on a SQLite Optuna storage. One side runs ``hpo study start FILE`` (one
 process), the other ``hpo study start FILE --workers 2`` (two ``hpo worker`` processes sharing the
-budget); each round uses fresh storages, and the order alternates between rounds.
+budget); each round uses fresh storages, and the order alternates between rounds. A third side,
+recorded beside the key, runs the same with ``HPO_WORKER_START=fork`` (workers forked from the
+command: :mod:`hpo.forked`, opt-in).
 
 Trials per minute: finished trials / (end of the last trial's MLflow run − start of the first
 trial), from the stores' own timestamps: process start-up (imports, ~3 s) and the study's end
@@ -37,7 +39,9 @@ SEARCH = """\
 """
 
 
-def run_once(tmp: Path, workers: int, trials: int, tag: str) -> dict[str, float]:
+def run_once(
+    tmp: Path, workers: int, trials: int, tag: str, start: str = "spawn"
+) -> dict[str, float]:
     import optuna
 
     work = tmp / tag
@@ -52,7 +56,7 @@ def run_once(tmp: Path, workers: int, trials: int, tag: str) -> dict[str, float]
     cmd += ["--tracking-uri", f"sqlite:///{work / 'mlflow.db'}"]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    wall, _ = run_timed(cmd, cwd=work, env=quiet_env())
+    wall, _ = run_timed(cmd, cwd=work, env=quiet_env(HPO_WORKER_START=start))
     done = [
         t
         for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
@@ -100,13 +104,18 @@ def measure(quick: bool) -> dict[str, Any]:
     rounds = 2 if quick else 3
     trials = 16 if quick else 24
     before = load()
-    figures: dict[str, list[dict[str, float]]] = {"1_worker": [], "2_workers": []}
+    # The key is the default (new interpreters); the forked workers (HPO_WORKER_START=fork,
+    # opt-in: hpo.forked) are measured in the same rounds and recorded beside it.
+    figures: dict[str, list[dict[str, float]]] = {
+        "1_worker": [],
+        "2_workers": [],
+        "2_workers_forked": [],
+    }
+    sides = [("1_worker", 1, "spawn"), ("2_workers", 2, "spawn"), ("2_workers_forked", 2, "fork")]
     with temp_dir("hpo-bench-parallel-") as tmp:
         for i in range(rounds):
-            order = [1, 2] if i % 2 == 0 else [2, 1]
-            for workers in order:
-                key = "1_worker" if workers == 1 else "2_workers"
-                figures[key].append(run_once(tmp, workers, trials, f"{key}-{i}"))
+            for key, workers, start in sides if i % 2 == 0 else sides[::-1]:
+                figures[key].append(run_once(tmp, workers, trials, f"{key}-{i}", start))
     rate = {k: median([r["trials_per_minute"] for r in v]) for k, v in figures.items()}
     warm = {
         k: median([r["trials_per_minute_after_first_trials"] for r in v])
@@ -124,6 +133,10 @@ def measure(quick: bool) -> dict[str, Any]:
                 "trials_per_minute": rate,
                 "speedup_including_startup": wall["2_workers"] / wall["1_worker"],
                 "speedup_after_each_workers_first_trial": warm["2_workers"] / warm["1_worker"],
+                "forked_speedup": rate["2_workers_forked"] / rate["1_worker"],
+                "forked_speedup_including_startup": wall["2_workers_forked"] / wall["1_worker"],
+                "forked_speedup_after_each_workers_first_trial": warm["2_workers_forked"]
+                / warm["1_worker"],
                 "load_before_after": [before, load()],
             },
             note="trials/min from the first trial's start to the last run's end (start-up and "
