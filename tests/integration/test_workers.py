@@ -345,9 +345,9 @@ def _children(pid: int) -> dict[int, tuple[str, str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_workers_are_forked_from_the_command_or_started_anew(tmp_path: Path, start: str) -> None:
-    """With ``HPO_WORKER_START=fork``, ``--workers 2`` forks its workers from the command, which
-    has imported what they need and loaded the data (they show as ``hpo-worker``); by default
-    (``spawn``) it starts new interpreters. Either way the workers share the study out and end with it; with two torch
+    """``--workers 2`` forks its workers from the command, which has imported what they need and
+    loaded the data (they show as ``hpo-worker``); ``HPO_WORKER_START=spawn`` starts new
+    interpreters. Either way the workers share the study out and end with it; with two torch
     threads each, so that a torch thread pool inherited from the command would hang them."""
     spec = write_spec(tmp_path, f"start-{start}", trials=4, epochs=2)
     spec.write_text(spec.read_text().replace("seed: 0}", "seed: 0, threads: 2}"))

@@ -113,10 +113,8 @@ def test_fork_is_refused_while_another_thread_runs() -> None:
         thread.join()
 
 
-def test_fork_is_asked_for_and_only_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fork_is_possible_on_the_cpu_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(START_ENV, raising=False)
-    assert fork_possible("cpu") is False  # opt-in
-    monkeypatch.setenv(START_ENV, "fork")
     assert fork_possible("cpu") is True
     # A CUDA-capable torch may initialise CUDA while the device is resolved: not forked then.
     assert fork_possible("auto") is (torch.version.cuda is None)
