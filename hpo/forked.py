@@ -15,7 +15,9 @@ started otherwise, as before:
   hangs at its own first one (GNU OpenMP is not fork-safe; measured: a 500 × 500 matmul in the
   parent, then one in the child, waited forever). The parent therefore runs with one torch
   thread (no OpenMP pool is ever started) until the children are forked
-  (:func:`single_threaded_torch`).
+  (:func:`single_threaded_torch`). That holds for the ``hpo`` command, a new process; a program
+  that calls :func:`hpo.study.run_local_workers` after training in the same process must set
+  ``HPO_WORKER_START=spawn`` (whether the pool exists cannot be asked of torch).
 * **CUDA.** A process that initialised CUDA cannot fork a child that uses it. Only studies on
   the CPU fork (``train.device: cpu``, or a torch built without CUDA), and only while CUDA is not
   initialised.

@@ -624,7 +624,8 @@ def run_local_workers(
     their trials slower: 2 CPU workers on 2 cores ran 218-239 trials/min in steady state with
     this process sending, 265-294 sending their own). The study's end comes once every run is
     in the store. A worker that fails makes this a :class:`~hpo.errors.HpoError` that shows the
-    end of its error output.
+    end of its error output. CPU workers are forked from this process (:mod:`hpo.forked`), which
+    must not have run parallel torch work before: else set ``HPO_WORKER_START=spawn``.
     """
     from hpo.errors import HpoError
     from hpo.forked import fork_possible, single_threaded_torch
