@@ -201,8 +201,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def mlflow_server(workdir: Path, timeout: float = 120) -> Iterator[str]:
     """A real ``mlflow server`` on loopback (hpo's options: :mod:`hpo.tracking.server`; SQLite in
-    ``workdir``);
-    yields its URL and stops its whole process group afterwards."""
+    ``workdir``); yields its URL and stops its whole process group afterwards."""
     port = free_port()
     env = server_env(quiet_env())
     log = (workdir / "server.log").open("w")

@@ -661,11 +661,9 @@ def stop_workers(workers: Sequence[WorkerProcess], grace: float = 10.0) -> None:
     for w in workers:
         if w.process.poll() is None:
             w.process.terminate()
-    deadline = time.monotonic() + grace
+    _wait_all(workers, grace)
     for w in workers:
-        try:
-            w.process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if w.process.poll() is None:
             w.process.kill()
             w.process.wait()
 

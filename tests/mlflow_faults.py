@@ -41,8 +41,9 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    """``mlflow server`` with hpo's options (:mod:`hpo.tracking.server`) on ``127.0.0.1:<port>``, SQLite backend and
-    artifacts in ``root``; stopped by its process group."""
+    """``mlflow server`` with hpo's options (:mod:`hpo.tracking.server`) on
+    ``127.0.0.1:<port>``, SQLite backend and artifacts in ``root``; stopped by its process
+    group."""
 
     def __init__(self, root: Path, port: int | None = None) -> None:
         self.root = root

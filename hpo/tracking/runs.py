@@ -25,6 +25,7 @@ epoch metrics (:data:`EPOCH_FLUSH_SECONDS`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import ssl
@@ -157,8 +158,7 @@ def _tune_sqlite(store: Any) -> None:
     tune_sqlite_engine(getattr(store, "engine", None))
 
 
-@contextmanager
-def _creating(uri: str) -> Iterator[None]:
+def _creating(uri: str) -> contextlib.AbstractContextManager[None]:
     """Around opening a SQLite store: hold its ``<file>.lock``.
 
     Opening a new store creates its tables and runs MLflow's migrations; two processes doing so
@@ -169,11 +169,7 @@ def _creating(uri: str) -> Iterator[None]:
     from hpo.storage import file_lock, sqlite_lock_file
 
     path = sqlite_lock_file(uri)
-    if path is None:
-        yield
-        return
-    with file_lock(path):
-        yield
+    return contextlib.nullcontext() if path is None else file_lock(path)
 
 
 def _is_server_database(uri: str) -> bool:
