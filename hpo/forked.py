@@ -215,6 +215,10 @@ def _run_child(args: list[str], stdout: int, stderr: int, env: dict[str, str]) -
 
     status: str | int | None = 1
     try:
+        # Its command line is the parent's: the name `ps -e`, `top` and `pgrep` show tells it
+        # apart (the kernel keeps 15 characters). First, so that it is wrong as briefly as can be.
+        with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+            comm.write(CHILD_NAME)
         os.dup2(stdout, 1)
         os.dup2(stderr, 2)
         _streams_on_standard_fds()
@@ -224,10 +228,6 @@ def _run_child(args: list[str], stdout: int, stderr: int, env: dict[str, str]) -
         atexit._clear()
         atexit.register(logging.shutdown)
         os.environ.update(env)
-        # Its command line is the parent's: the name `ps -e`, `top` and `pgrep` show tells it
-        # apart (the kernel keeps 15 characters).
-        with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
-            comm.write(CHILD_NAME)
         import hpo
 
         # As `python -m hpo` has it (MLflow tags runs with it). Not imported: that would run it.
