@@ -684,8 +684,15 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         raise HpoError(f"--tracking-uri: {uri} is already a tracking server: open it in a browser")
+    from hpo.storage import sqlite_lock_file
+    from hpo.tracking.runs import absolute_store_uri, open_client
     from hpo.tracking.server import SERVER_OPTIONS, server_env
 
+    uri = absolute_store_uri(uri)
+    if sqlite_lock_file(uri) is not None:
+        # Made (or migrated) here, under the lock a study takes to do it: a server creating a
+        # new store while a study does would race it ("table runs already exists").
+        open_client(uri)
     env = server_env(os.environ)
     cmd = [
         sys.executable, "-m", "mlflow", "server",

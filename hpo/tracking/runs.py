@@ -172,6 +172,18 @@ def _creating(uri: str) -> contextlib.AbstractContextManager[None]:
     return contextlib.nullcontext() if path is None else file_lock(path)
 
 
+def open_client(uri: str) -> MlflowClient:
+    """A client of the store at ``uri`` (absolute), its tables made: a new SQLite store is
+    created under its ``<file>.lock`` (see :func:`_creating`) and put in WAL mode. A store that
+    cannot be opened is a one-line :class:`TrackingError`."""
+    from mlflow.tracking import MlflowClient
+
+    with _tracking_errors("opening the tracking store", uri), _creating(uri):
+        client = MlflowClient(uri, registry_uri=registry_uri(uri))
+        _tune_sqlite(client._tracking_client.store)
+    return client
+
+
 def _is_server_database(uri: str) -> bool:
     """A database reached over the network (not SQLite), e.g. ``postgresql://…``."""
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
@@ -330,19 +342,9 @@ class StudyTracker:
         """This tracker's client, created on first use: creating one opens the store (and a new
         SQLite database gets its tables, ~2 s)."""
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            with (
-                self._lock,
-                _tracking_errors("opening the tracking store", self.tracking_uri),
-                _creating(self.tracking_uri),
-            ):
+            with self._lock:
                 if self._client is None:
-                    client = MlflowClient(
-                        self.tracking_uri, registry_uri=registry_uri(self.tracking_uri)
-                    )
-                    _tune_sqlite(client._tracking_client.store)
-                    self._client = client
+                    self._client = open_client(self.tracking_uri)
         return self._client
 
     def check_connection(self) -> None:

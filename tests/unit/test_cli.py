@@ -208,3 +208,63 @@ def test_the_printed_command_is_one_the_user_can_run(
     monkeypatch.setattr(sys, "argv", ["-m"])
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     assert hpo_command().endswith(" -m hpo")
+
+
+class _Exec(Exception):
+    """Raised by the stand-in for ``os.execvpe``: the command ``hpo ui`` would become."""
+
+
+def _ui_command(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str, list[str]]:
+    import os
+
+    started: list[str] = []
+
+    def execvpe(file: str, cmd: list[str], env: dict[str, str]) -> None:
+        started.extend(cmd)
+        raise _Exec
+
+    monkeypatch.setattr(os, "execvpe", execvpe)
+    result = CliRunner().invoke(main, ["ui", *args])
+    assert result.exception is None or isinstance(result.exception, (_Exec, SystemExit))
+    return result.exit_code, result.output, started
+
+
+def test_ui_makes_a_new_sqlite_store_under_its_lock_before_the_server_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study opening a new ``mlflow.db`` makes its tables under ``mlflow.db.lock``; ``hpo ui``
+    on the same new store does too, before ``mlflow server`` starts, so that the two never run
+    MLflow's migrations at once. Here another process holds the lock for 1.5 s."""
+    import sqlite3
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import fcntl, time; f = open('mlflow.db.lock', 'w'); fcntl.flock(f, fcntl.LOCK_EX);"
+            " print('held', flush=True); time.sleep(1.5)",
+        ],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    start = time.monotonic()
+    _, out, cmd = _ui_command(monkeypatch, "--tracking-uri", "sqlite:///mlflow.db")
+    waited = time.monotonic() - start
+    holder.wait()
+    db = tmp_path / "mlflow.db"
+    assert cmd[1:4] == ["-m", "mlflow", "server"], out
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{db}"
+    assert waited >= 1.0, "the store was opened while another process held its lock"
+    tables = {row[0] for row in sqlite3.connect(db).execute("select name from sqlite_master")}
+    assert {"experiments", "runs", "alembic_version"} <= tables
+
+
+def test_ui_on_a_store_it_cannot_open_is_one_line_and_starts_no_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"
+    code, out, cmd = _ui_command(monkeypatch, "--tracking-uri", uri)
+    assert code == 2 and cmd == []
+    assert out.startswith("error: tracking_uri: opening the tracking store failed on "), out
+    assert uri in out and len(out.strip().splitlines()) == 1 and "Traceback" not in out
