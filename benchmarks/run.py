@@ -28,7 +28,7 @@ from benchmarks.common import ROOT
 #: module → the keys it produces (the order of the report).
 MODULES: dict[str, list[str]] = {
     "cli_speed": ["help_seconds", "show_10k_seconds"],
-    "loop": ["loop_throughput_ratio"],
+    "loop": ["loop_throughput_ratio", "fused_step_speedup"],
     "overhead": ["overhead_ratio_local", "overhead_ratio_http"],
     "model_logging": ["model_logging_speedup"],
     "search": ["time_to_target_speedup"],

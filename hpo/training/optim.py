@@ -1,9 +1,18 @@
-"""Optimizers a study may name, each built from the same four training hyperparameters."""
+"""Optimizers a study may name, each built from the same four training hyperparameters.
+
+Each is built with torch's fastest implementation of its step for the parameters at hand: the
+*fused* kernel (one kernel per step) where torch has one for every parameter's device and dtype,
+else the *foreach* one (one kernel per operation over all parameters). torch only picks
+foreach by itself on CUDA; on the CPU it loops over the parameters in Python, a dozen small
+kernels each, which on the small models of a study is a large part of every step. Measured
+with `benchmarks/loop.py`'s reference MLP on one CPU thread (see `docs/benchmarks.md`, sixth
+session). The update is the same algorithm; the float rounding may differ in the last bits.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol, TypedDict
 
 import torch
 from torch import nn
@@ -22,26 +31,63 @@ class OptimizerFactory(Protocol):
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 
 
+class Kernel(TypedDict, total=False):
+    """The implementation options of a torch optimizer's step."""
+
+    fused: bool
+    foreach: bool
+
+
+#: Devices whose fused steps hpo uses: those its tests run the optimizers on (torch lists more).
+FUSED_DEVICES = frozenset({"cpu", "cuda"})
+
+
+def fused_kernel(params: Sequence[nn.Parameter]) -> Kernel:
+    """``{"fused": True}`` where every parameter is floating point on one device in
+    :data:`FUSED_DEVICES`, else ``{"foreach": True}`` where all are on one device, else nothing
+    (torch's own choice)."""
+    devices = {p.device.type for p in params}
+    if len(devices) != 1:
+        return {}
+    if devices <= FUSED_DEVICES and all(p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {"foreach": True}
+
+
+def foreach_kernel(params: Sequence[nn.Parameter]) -> bool | None:
+    """``foreach`` for an optimizer with no fused step: True where all parameters are on one
+    device, else None (torch's own choice)."""
+    return True if len({p.device.type for p in params}) == 1 else None
+
+
 @OPTIMIZERS.register("adam")
 def _adam(
     params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    params = list(params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused_kernel(params))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(
     params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    params = list(params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused_kernel(params))
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(
     params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
+    params = list(params)
     return torch.optim.SGD(
-        params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=False
+        params,
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        nesterov=False,
+        **fused_kernel(params),
     )
 
 
@@ -49,7 +95,10 @@ def _sgd(
 def _rmsprop(
     params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    params = list(params)
+    return torch.optim.RMSprop(
+        params, lr=lr, weight_decay=weight_decay, momentum=momentum, foreach=foreach_kernel(params)
+    )
 
 
 def make_optimizer(
