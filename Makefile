@@ -28,7 +28,7 @@ lint: install
 	$(BIN)/mypy hpo
 
 test: install lint browser  ## the whole suite (GPU tests skip themselves without CUDA)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # Debian's Chromium and ChromeDriver for the MLflow UI browser test (tests/integration/test_ui.py).
 # Installed once, as root or with passwordless sudo; elsewhere that test skips and says why.
