@@ -106,12 +106,8 @@ def measure(quick: bool) -> dict[str, Any]:
     before = load()
     # The key is the default (workers forked from the command: hpo.forked); new interpreters
     # (HPO_WORKER_START=spawn) are measured in the same rounds and recorded beside it.
-    figures: dict[str, list[dict[str, float]]] = {
-        "1_worker": [],
-        "2_workers": [],
-        "2_workers_spawned": [],
-    }
     sides = [("1_worker", 1, "fork"), ("2_workers", 2, "fork"), ("2_workers_spawned", 2, "spawn")]
+    figures: dict[str, list[dict[str, float]]] = {key: [] for key, _, _ in sides}
     with temp_dir("hpo-bench-parallel-") as tmp:
         for i in range(rounds):
             for key, workers, start in sides if i % 2 == 0 else sides[::-1]:

@@ -24,7 +24,7 @@ class OptimizerFactory(Protocol):
     """Builds an optimizer; ``momentum`` is ignored by optimizers that have none (Adam, AdamW)."""
 
     def __call__(
-        self, params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
+        self, params: Sequence[nn.Parameter], lr: float, weight_decay: float, momentum: float
     ) -> torch.optim.Optimizer: ...
 
 
@@ -56,31 +56,28 @@ def fused_kernel(params: Sequence[nn.Parameter]) -> Kernel:
 
 def foreach_kernel(params: Sequence[nn.Parameter]) -> bool | None:
     """``foreach`` for an optimizer with no fused step: True where all parameters are on one
-    device, else None (torch's own choice)."""
-    return True if len({p.device.type for p in params}) == 1 else None
+    device (where :func:`fused_kernel` chooses any step), else None (torch's own choice)."""
+    return True if fused_kernel(params) else None
 
 
 @OPTIMIZERS.register("adam")
 def _adam(
-    params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
+    params: Sequence[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    params = list(params)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused_kernel(params))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(
-    params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
+    params: Sequence[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    params = list(params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **fused_kernel(params))
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(
-    params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
+    params: Sequence[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    params = list(params)
     return torch.optim.SGD(
         params,
         lr=lr,
@@ -93,9 +90,8 @@ def _sgd(
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(
-    params: Iterable[nn.Parameter], lr: float, weight_decay: float, momentum: float
+    params: Sequence[nn.Parameter], lr: float, weight_decay: float, momentum: float
 ) -> torch.optim.Optimizer:
-    params = list(params)
     return torch.optim.RMSprop(
         params, lr=lr, weight_decay=weight_decay, momentum=momentum, foreach=foreach_kernel(params)
     )
@@ -109,4 +105,6 @@ def make_optimizer(
     momentum: float = 0.0,
 ) -> torch.optim.Optimizer:
     """Build the optimizer registered as ``name``; :class:`KeyError` naming the known ones."""
-    return OPTIMIZERS.get(name)(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    factory = OPTIMIZERS.get(name)
+    # A list: the factories look at the parameters before the optimizer takes them.
+    return factory(list(params), lr=lr, weight_decay=weight_decay, momentum=momentum)
