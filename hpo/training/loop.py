@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo.data.base import Dataset
+from hpo.training.batchnorm import recompute_batchnorm
 from hpo.training.callbacks import Callback
 from hpo.training.config import TrainParams
 from hpo.training.device import configure_backends, mixed_precision, use_channels_last
@@ -48,6 +49,8 @@ _SHUFFLED_COPY_LIMIT_BYTES = 1 << 30
 #: Mixed into ``seed`` for the augmentation generator, so that on the CPU (where both generators
 #: are the same Mersenne twister) augmentation draws do not replay the batch-order draws.
 _AUGMENTATION_SEED_OFFSET = 0x5EED_A06
+#: Mixed into ``seed`` for the batch order of the BatchNorm pass after the last epoch.
+_BATCHNORM_SEED_OFFSET = 0xB4_7C4
 
 
 class TrainingDiverged(Exception):
@@ -167,7 +170,10 @@ def train(
     loss/accuracy and the validation loss/accuracy (eval mode) go to every callback.
 
     A final batch of a single sample is dropped (BatchNorm cannot train on one sample).
-    The model is left in eval mode. Raises :class:`TrainingDiverged` on a NaN or infinite loss.
+    After the last epoch's steps, BatchNorm statistics are recomputed over the training data for
+    the final weights (:func:`~hpo.training.batchnorm.recompute_batchnorm`) before that epoch's
+    validation: the returned model is evaluated as trained, not with moving averages of the
+    last batches. The model is left in eval mode. Raises :class:`TrainingDiverged` on a NaN or infinite loss.
 
     If ``data.augmentation`` is set, every training batch goes through it on the device before the
     forward pass (with a generator on ``device`` seeded from ``seed``); validation data never does.
@@ -280,6 +286,19 @@ def train(
         train_loss = train_loss_total / n_used
         if not math.isfinite(train_loss):
             raise TrainingDiverged(epoch, train_loss)
+
+        if epoch == epochs:
+            # Evaluate (and return) the final weights with their own BatchNorm statistics, not
+            # the moving averages of the last batches' (see hpo.training.batchnorm).
+            recompute_batchnorm(
+                model,
+                X[:n_used] if full_batch else X,
+                batch_size,
+                generator=torch.Generator().manual_seed(seed + _BATCHNORM_SEED_OFFSET),
+                augment=augment,
+                precision=precision,
+                channels_last=channels_last,
+            )
 
         if n_val:
             val_loss_sum, val_correct, val_counts = _evaluate(
