@@ -4,6 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch first, pinned: any unpinned torch requirement would pull a newer CUDA build (gigabytes).
 TORCH  ?= torch==2.13.0
+# pytest processes (pytest-xdist; each test file runs whole in one of them, so module fixtures are
+# made once). 2 on 2 cores: the integration tests spend about half their time waiting on the
+# subprocesses and servers they start. PYTEST_WORKERS=0 runs the suite in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_XDIST   := -n $(PYTEST_WORKERS) --dist loadfile
 
 .PHONY: install demo test test-fast lint format bench browser clean
 
@@ -28,7 +33,7 @@ lint: install
 	$(BIN)/mypy hpo
 
 test: install lint browser  ## the whole suite (GPU tests skip themselves without CUDA)
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) --durations=20
 
 # Debian's Chromium and ChromeDriver for the MLflow UI browser test (tests/integration/test_ui.py).
 # Installed once, as root or with passwordless sudo; elsewhere that test skips and says why.
@@ -43,7 +48,7 @@ browser:
 	fi
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) -m "not slow"
 
 format: install
 	$(BIN)/ruff format hpo tests $(wildcard benchmarks)
