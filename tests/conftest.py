@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,18 @@ def _spool_and_sender(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """
     monkeypatch.setenv("HPO_SPOOL_DIR", str(tmp_path / ".hpo-spool"))
     monkeypatch.setenv("HPO_FINISHER", "inline")
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same global random state (Python's, NumPy's and torch's),
+    whatever ran before it in its process: with ``pytest -n`` the order differs from run to run,
+    and a test that draws unseeded numbers must not pass or fail by that order."""
+    random.seed(0)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(0)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
 
 
 @pytest.fixture
