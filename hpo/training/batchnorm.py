@@ -19,25 +19,21 @@ forward pass over at most :data:`MAX_BATCHES` batches.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 #: At most this many batches are used (the default of Detectron2's PreciseBN): beyond that the
 #: estimate no longer improves, and the pass stays a small share of one epoch's training.
 MAX_BATCHES = 200
 
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The model's BatchNorm layers that keep running statistics (those evaluation uses)."""
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, _BATCHNORM) and m.track_running_stats and m.running_mean is not None
-    ]
+def batchnorm_layers(model: nn.Module) -> list[_BatchNorm]:
+    """The model's BatchNorm layers (1d, 2d, 3d, sync) that keep running statistics, which
+    evaluation uses."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
 @torch.no_grad()
@@ -48,7 +44,7 @@ def recompute_batchnorm(
     *,
     generator: torch.Generator,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    precision: Callable[[], AbstractContextManager[object]] | None = None,
+    precision: Callable[[], AbstractContextManager[object]] = nullcontext,
     channels_last: bool = False,
     max_batches: int = MAX_BATCHES,
 ) -> int:
@@ -58,7 +54,8 @@ def recompute_batchnorm(
 
     Only whole batches are used when there is at least one (a short last batch would weigh as
     much as a full one); ``augment``, ``precision`` and ``channels_last`` are the training
-    loop's, so the layers see what they saw in training. The model's mode and the layers' momenta are restored.
+    loop's, so the layers see what they saw in training. The model's mode and the layers'
+    momenta are restored.
     """
     layers = batchnorm_layers(model)
     n = len(X)
@@ -80,11 +77,8 @@ def recompute_batchnorm(
                 xb = augment(xb)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            if precision is None:
+            with precision():
                 model(xb)
-            else:
-                with precision():
-                    model(xb)
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum

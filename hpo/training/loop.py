@@ -173,7 +173,8 @@ def train(
     After the last epoch's steps, BatchNorm statistics are recomputed over the training data for
     the final weights (:func:`~hpo.training.batchnorm.recompute_batchnorm`) before that epoch's
     validation: the returned model is evaluated as trained, not with moving averages of the
-    last batches. The model is left in eval mode. Raises :class:`TrainingDiverged` on a NaN or infinite loss.
+    last batches. The model is left in eval mode. Raises :class:`TrainingDiverged` on a NaN or
+    infinite loss.
 
     If ``data.augmentation`` is set, every training batch goes through it on the device before the
     forward pass (with a generator on ``device`` seeded from ``seed``); validation data never does.
