@@ -46,6 +46,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import NotStarted, StorageError, StorageUnavailable
+from hpo.gc_freeze import freeze_long_lived
 from hpo.storage import study_lock
 from hpo.trial_writes import finish_trial
 
@@ -425,6 +426,8 @@ class TrialLoop:
                     break
                 frozen = self._run_one(trial)
                 self.ran += 1
+                # What the first trial imported is kept for life (once: hpo.gc_freeze).
+                freeze_long_lived()
                 if getattr(self.objective, "interrupted", False):
                     raise KeyboardInterrupt  # after its result was recorded (hpo.objective)
                 for callback in self.callbacks:  # they read the study: through outages too

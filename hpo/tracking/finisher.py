@@ -789,6 +789,7 @@ def _warm_up(warn: Callable[[str], None]) -> None:
 # -- the background process ----------------------------------------------------------------------
 def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
     """The background process's loop: a JSON header line, then one job path per line."""
+    from hpo.gc_freeze import freeze_long_lived
     from hpo.tracking.runs import StudyTracker
 
     header = json.loads(next(lines))
@@ -803,6 +804,8 @@ def serve(lines: Iterator[str], emit: Callable[[dict[str, Any]], None]) -> None:
         if line.strip():
             sent = clock.send(Path(line.strip()), tracker, warn)
             emit({"event": "sent", "sent": asdict(sent)})
+            # What the first run's sending imported is kept for life (once: hpo.gc_freeze).
+            freeze_long_lived()
 
 
 def main() -> None:
