@@ -776,15 +776,24 @@ class StudyTracker:
         params: Sequence[Any] = (),
         tags: Sequence[Any] = (),
     ) -> None:
-        """``log_batch`` within MLflow's per-call limits; nothing is sent for nothing."""
+        """``log_batch`` within MLflow's per-call limits; nothing is sent for nothing. On a
+        SQLite or PostgreSQL store, each call is one transaction of a few statements
+        (:mod:`hpo.tracking.sql_batch`), not MLflow's ORM writes."""
+        from hpo.tracking import sql_batch
+
         with _tracking_errors(f"logging to run {run_id}", self.tracking_uri):
             params, tags, metrics = list(params), list(tags), list(metrics)
+            store = self._store()
+            fast = sql_batch.supports(store, tags)
             while params or tags or metrics:
                 p, params = params[:MAX_PARAMS_PER_BATCH], params[MAX_PARAMS_PER_BATCH:]
                 t, tags = tags[:MAX_PARAMS_PER_BATCH], tags[MAX_PARAMS_PER_BATCH:]
                 room = MAX_METRICS_PER_BATCH - len(p) - len(t)
                 m, metrics = metrics[:room], metrics[room:]
-                self.client.log_batch(run_id, metrics=m, params=p, tags=t)
+                if fast:
+                    sql_batch.log_batch(store, run_id, metrics=m, params=p, tags=t)
+                else:
+                    self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
 
 class _Opening:
