@@ -686,10 +686,16 @@ class StudyTracker:
         what = f"creating the run of trial {number}"
 
         def create() -> str:
+            from hpo.tracking import sql_store
+
+            name = f"trial-{number:04d}"
             with _tracking_errors(what, self.tracking_uri):
-                run = self.client.create_run(
-                    self.experiment_id, run_name=f"trial-{number:04d}", tags=all_tags
-                )
+                store = self._store()
+                if sql_store.supports(store):  # one transaction (hpo.tracking.sql_store)
+                    return self._note_run(
+                        *sql_store.create_run(store, self.experiment_id, name, all_tags)
+                    )
+                run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
             return self._created(run)
 
         def created() -> str | None:
@@ -727,9 +733,11 @@ class StudyTracker:
 
     def _created(self, run: Any) -> str:
         """Note a trial run this process created (its artifact URI); return its id."""
-        run_id = str(run.info.run_id)
+        return self._note_run(str(run.info.run_id), str(run.info.artifact_uri))
+
+    def _note_run(self, run_id: str, artifact_uri: str) -> str:
         with self._lock:
-            self._artifact_uris[run_id] = str(run.info.artifact_uri)
+            self._artifact_uris[run_id] = artifact_uri
             while len(self._artifact_uris) > MAX_KNOWN_RUNS:
                 del self._artifact_uris[next(iter(self._artifact_uris))]
         return run_id
@@ -778,20 +786,20 @@ class StudyTracker:
     ) -> None:
         """``log_batch`` within MLflow's per-call limits; nothing is sent for nothing. On a
         SQLite or PostgreSQL store, each call is one transaction of a few statements
-        (:mod:`hpo.tracking.sql_batch`), not MLflow's ORM writes."""
-        from hpo.tracking import sql_batch
+        (:mod:`hpo.tracking.sql_store`), not MLflow's ORM writes."""
+        from hpo.tracking import sql_store
 
         with _tracking_errors(f"logging to run {run_id}", self.tracking_uri):
             params, tags, metrics = list(params), list(tags), list(metrics)
             store = self._store()
-            fast = sql_batch.supports(store, tags)
+            fast = sql_store.supports(store, tags)
             while params or tags or metrics:
                 p, params = params[:MAX_PARAMS_PER_BATCH], params[MAX_PARAMS_PER_BATCH:]
                 t, tags = tags[:MAX_PARAMS_PER_BATCH], tags[MAX_PARAMS_PER_BATCH:]
                 room = MAX_METRICS_PER_BATCH - len(p) - len(t)
                 m, metrics = metrics[:room], metrics[room:]
                 if fast:
-                    sql_batch.log_batch(store, run_id, metrics=m, params=p, tags=t)
+                    sql_store.log_batch(store, run_id, metrics=m, params=p, tags=t)
                 else:
                     self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
@@ -1035,8 +1043,15 @@ class TrialRun:
     ) -> str:
         """Create this run's LoggedModel (its artifacts come with :meth:`log_model`); return
         its id. ``run_id``: the run's, while it is still being opened."""
+        from hpo.tracking import sql_store
+
         source = run_id or self.run_id
         with _tracking_errors(f"creating the model of run {source}", self.tracker.tracking_uri):
+            store = self.tracker._store()
+            if sql_store.supports(store):  # one transaction (hpo.tracking.sql_store)
+                return sql_store.create_logged_model(
+                    store, self.tracker.experiment_id, "model", source, params, tags
+                )
             logged = self.tracker.client.create_logged_model(
                 experiment_id=self.tracker.experiment_id,
                 name="model",

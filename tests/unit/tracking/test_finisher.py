@@ -11,7 +11,7 @@ import torch
 from mlflow.entities import LoggedModelStatus
 
 from hpo.models import FAMILIES
-from hpo.tracking import spool
+from hpo.tracking import spool, sql_store
 from hpo.tracking.finisher import Finisher, sync_spool
 from hpo.tracking.models import load_pytorch_model
 from hpo.tracking.runs import StudyTracker, TrialRun
@@ -167,6 +167,7 @@ def test_a_run_that_cannot_be_opened_fails_where_it_is_needed_not_before(
 
     tracker.start_trial(0, {}).end("FAIL", "a process's first run is opened at once")
     monkeypatch.setattr(tracker.client, "create_run", refused)
+    monkeypatch.setattr(sql_store, "create_run", refused)  # what a SQLite store is written by
     monkeypatch.setattr(tracker.client, "search_runs", refused)
     run = tracker.start_trial(3, {"lr": 0.1}, background=True, model=True)
     run.log_epoch(1, {"val_loss": 1.0})  # training goes on meanwhile
