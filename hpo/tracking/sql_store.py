@@ -367,3 +367,36 @@ def create_logged_model(
                 ],
             )
     return model_id
+
+
+def logged_model_location(store: Any, model_id: str) -> str | None:
+    """The artifact location of LoggedModel ``model_id``; None if there is no such model."""
+    import sqlalchemy as sa
+    from mlflow.store.tracking.dbmodels.models import SqlLoggedModel
+
+    with store.ManagedSessionMaker() as session:
+        row = session.execute(
+            sa.select(SqlLoggedModel.artifact_location).where(SqlLoggedModel.model_id == model_id)
+        ).one_or_none()
+    return None if row is None else str(row.artifact_location)
+
+
+def finalize_logged_model(store: Any, model_id: str, status: Any) -> None:
+    """What ``MlflowClient.finalize_logged_model(model_id, status)`` stores, without reading
+    the model back: its status, and the time of this change."""
+    import sqlalchemy as sa
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+    from mlflow.store.tracking.dbmodels.models import SqlLoggedModel
+    from mlflow.utils.time import get_current_time_millis
+
+    with store.ManagedSessionMaker(read_only=False) as session:
+        done = session.execute(
+            sa.update(SqlLoggedModel)
+            .where(SqlLoggedModel.model_id == model_id)
+            .values(status=status.to_int(), last_updated_timestamp_ms=get_current_time_millis())
+        )
+        if done.rowcount == 0:
+            raise MlflowException(
+                f"Logged model with ID '{model_id}' not found.", RESOURCE_DOES_NOT_EXIST
+            )
