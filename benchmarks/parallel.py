@@ -28,6 +28,7 @@ from benchmarks.common import (
     quiet_env,
     reference_spec_yaml,
     result,
+    rounded,
     run_timed,
     temp_dir,
 )
@@ -95,6 +96,60 @@ def run_once(
     }
 
 
+#: A process of :func:`raw_ceiling`: warm up, wait for "go" on stdin, train, print the span.
+_RAW_PROCESS = """
+import sys, time, torch
+torch.set_num_threads(1)
+from benchmarks.loop import raw_train, reference_data
+data = reference_data()
+raw_train(data, evaluate=True)
+print("ready", flush=True)
+sys.stdin.readline()
+start = time.time()
+for _ in range(int(sys.argv[1])):
+    raw_train(data, evaluate=True)
+print(start, time.time(), flush=True)
+"""
+
+
+def raw_rate(processes: int, trainings: int) -> float:
+    """Reference trainings per minute of ``processes`` processes each running ``trainings`` raw
+    loops (:func:`benchmarks.loop.raw_train`, 1 torch thread) at the same time, from the first
+    start to the last end; start-up and a warm-up training left out."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RAW_PROCESS, str(trainings)],
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        spans = []
+        for p in procs:
+            assert p.stdout is not None
+            start, end = (float(x) for x in p.stdout.readline().split())
+            spans.append((start, end))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    span = max(e for _, e in spans) - min(s for s, _ in spans)
+    return 60 * processes * trainings / span
+
+
 def measure(quick: bool) -> dict[str, Any]:
     import optuna
 
@@ -108,10 +163,18 @@ def measure(quick: bool) -> dict[str, Any]:
     # (HPO_WORKER_START=spawn) are measured in the same rounds and recorded beside it.
     sides = [("1_worker", 1, "fork"), ("2_workers", 2, "fork"), ("2_workers_spawned", 2, "spawn")]
     figures: dict[str, list[dict[str, float]]] = {key: [] for key, _, _ in sides}
+    # The ceiling on this host: the raw loop alone in 2 processes against 1, in the same rounds.
+    raw: dict[str, list[float]] = {"1_process": [], "2_processes": []}
+    raw_trainings = trials // 2
     with temp_dir("hpo-bench-parallel-") as tmp:
         for i in range(rounds):
             for key, workers, start in sides if i % 2 == 0 else sides[::-1]:
                 figures[key].append(run_once(tmp, workers, trials, f"{key}-{i}", start))
+            for processes in (1, 2) if i % 2 == 0 else (2, 1):
+                name = "1_process" if processes == 1 else "2_processes"
+                raw[name].append(raw_rate(processes, raw_trainings))
+    raw_rate_median = {k: median(v) for k, v in raw.items()}
+    ceiling = raw_rate_median["2_processes"] / raw_rate_median["1_process"]
     rate = {k: median([r["trials_per_minute"] for r in v]) for k, v in figures.items()}
     warm = {
         k: median([r["trials_per_minute_after_first_trials"] for r in v])
@@ -138,5 +201,19 @@ def measure(quick: bool) -> dict[str, Any]:
             note="trials/min from the first trial's start to the last run's end (start-up and "
             "study report excluded), medians of rounds; 2 cores shared with other users: see "
             "load_before_after",
-        )
+        ),
+        "raw_parallel_speedup_2p": {
+            "value": round(ceiling, 3),
+            "command": COMMAND,
+            "note": "reference trainings per minute of the raw torch loop (1 thread) in 2 "
+            "processes at once / in 1, the same rounds as parallel_speedup_2w: what this host "
+            "gives 2 processes with nothing but training, the ceiling of the key",
+            "raw": {
+                "trainings_per_process": raw_trainings,
+                "trainings_per_minute": rounded(raw),
+                "parallel_speedup_2w_of_the_ceiling": round(
+                    rate["2_workers"] / rate["1_worker"] / ceiling, 3
+                ),
+            },
+        },
     }

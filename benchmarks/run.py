@@ -32,7 +32,7 @@ MODULES: dict[str, list[str]] = {
     "overhead": ["overhead_ratio_local", "overhead_ratio_http"],
     "model_logging": ["model_logging_speedup"],
     "search": ["time_to_target_speedup"],
-    "parallel": ["parallel_speedup_2w"],
+    "parallel": ["parallel_speedup_2w", "raw_parallel_speedup_2p"],
     "memory": ["worker_peak_rss_mib", "demo_peak_rss_mib"],
 }
 DOC = ROOT / "docs" / "benchmarks.md"
