@@ -246,12 +246,20 @@ def _link_model(
     model's (MLflow's ``Model.log`` with a ``run_id``, without reading the run back)."""
     from mlflow.entities import LoggedModelOutput
 
+    from hpo.tracking import sql_store
     from hpo.tracking.spool import row_metrics
 
-    client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=step)])
+    store = client._tracking_client.store
+    fast = sql_store.supports(store)  # one transaction per call (hpo.tracking.sql_store)
+    if fast:
+        sql_store.log_model_output(store, run_id, model_id, step)
+    else:
+        client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=step)])
     at_step = [row for row in step_metrics if int(row[2]) == step]
     metrics = row_metrics(at_step, run_id=run_id, model_id=model_id)
-    if metrics:
+    if metrics and fast:
+        sql_store.log_batch(store, run_id, metrics=metrics)
+    elif metrics:
         client.log_batch(run_id=run_id, metrics=metrics)
 
 

@@ -772,8 +772,14 @@ class StudyTracker:
     def _terminate(self, run_id: str, status: str) -> None:
         from mlflow.entities import RunStatus
 
+        from hpo.tracking import sql_store
+
         with _tracking_errors(f"ending run {run_id}", self.tracking_uri):
-            self._store().update_run_info(
+            store = self._store()
+            if sql_store.supports(store):  # one statement, the run not read back
+                sql_store.end_run(store, run_id, status, _now_ms())
+                return
+            store.update_run_info(
                 run_id, RunStatus.from_string(status), end_time=_now_ms(), run_name=None
             )
 

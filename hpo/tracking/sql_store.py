@@ -18,6 +18,9 @@ trials need, and a run and its LoggedModel are created on every trial's critical
 * :func:`create_run` and :func:`create_logged_model`: MLflow reads the experiment with its tags
   in a session of its own, and the new run's inputs back, before it answers. Here: one read of
   the experiment's location and stage, the inserts, one commit.
+* :func:`end_run`, :func:`log_model_output` and :func:`finalize_logged_model`: MLflow loads the
+  run (or model) with its params and tags to change one row or add one. Here: one read of the
+  run's stage where MLflow checks it, and the one write.
 
 The checks on the values are MLflow's own (``mlflow.utils.validation``), so what MLflow refuses
 is refused here with its message, and the rows are MLflow's (its table definitions, its ids).
@@ -78,15 +81,13 @@ def log_batch(
     """What ``store.log_batch(run_id, metrics, params, tags)`` does, in one transaction (see
     the module docstring); ``store`` must be one :func:`supports` accepts."""
     import sqlalchemy as sa
-    from mlflow.entities import LifecycleStage
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
     from mlflow.store.tracking.dbmodels.models import (
         SqlLatestMetric,
         SqlLoggedModelMetric,
         SqlMetric,
         SqlParam,
-        SqlRun,
         SqlTag,
     )
     from mlflow.utils.validation import (
@@ -139,17 +140,7 @@ def log_batch(
             )
 
     with store.ManagedSessionMaker(read_only=False) as session:
-        run = session.execute(
-            sa.select(SqlRun.lifecycle_stage, SqlRun.experiment_id).where(SqlRun.run_uuid == run_id)
-        ).one_or_none()
-        if run is None:
-            raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
-        if run.lifecycle_stage != LifecycleStage.ACTIVE:
-            raise MlflowException(
-                f"The run {run_id} must be in the 'active' state. "
-                f"Current state is {run.lifecycle_stage}.",
-                INVALID_PARAMETER_VALUE,
-            )
+        run = _active_run(session, run_id)
         if params:
             session.execute(
                 _insert(store, SqlParam.__table__).on_conflict_do_nothing(),
@@ -400,3 +391,66 @@ def finalize_logged_model(store: Any, model_id: str, status: Any) -> None:
             raise MlflowException(
                 f"Logged model with ID '{model_id}' not found.", RESOURCE_DOES_NOT_EXIST
             )
+
+
+def _active_run(session: Any, run_id: str) -> Any:
+    """The run's ``(lifecycle_stage, experiment_id)``, refused as MLflow refuses it: missing,
+    or not active (deleted)."""
+    import sqlalchemy as sa
+    from mlflow.entities import LifecycleStage
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+
+    run = session.execute(
+        sa.select(SqlRun.lifecycle_stage, SqlRun.experiment_id).where(SqlRun.run_uuid == run_id)
+    ).one_or_none()
+    if run is None:
+        raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
+    if run.lifecycle_stage != LifecycleStage.ACTIVE:
+        raise MlflowException(
+            f"The run {run_id} must be in the 'active' state. "
+            f"Current state is {run.lifecycle_stage}.",
+            INVALID_PARAMETER_VALUE,
+        )
+    return run
+
+
+def end_run(store: Any, run_id: str, status: str, end_time: int) -> None:
+    """What ``store.update_run_info(run_id, status, end_time, run_name=None)`` stores: the
+    run's status (``FINISHED``, ``FAILED``, ``KILLED``…) and end time, without reading the run
+    and its tags back."""
+    import sqlalchemy as sa
+    from mlflow.entities import RunStatus
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+
+    status = RunStatus.to_string(RunStatus.from_string(status))  # refuses an unknown status
+    with store.ManagedSessionMaker(read_only=False) as session:
+        _active_run(session, run_id)
+        session.execute(
+            sa.update(SqlRun)
+            .where(SqlRun.run_uuid == run_id)
+            .values(status=status, end_time=int(end_time))
+        )
+
+
+def log_model_output(store: Any, run_id: str, model_id: str, step: int) -> None:
+    """What ``MlflowClient.log_outputs(run_id, [LoggedModelOutput(model_id, step)])`` stores:
+    the model as the run's output at ``step``."""
+    import uuid
+
+    from mlflow.store.tracking.dbmodels.models import SqlInput
+
+    with store.ManagedSessionMaker(read_only=False) as session:
+        _active_run(session, run_id)
+        session.execute(
+            SqlInput.__table__.insert(),
+            {
+                "input_uuid": uuid.uuid4().hex,
+                "source_type": "RUN_OUTPUT",
+                "source_id": run_id,
+                "destination_type": "MODEL_OUTPUT",
+                "destination_id": model_id,
+                "step": int(step),
+            },
+        )

@@ -233,3 +233,41 @@ def test_a_missing_or_deleted_experiment_is_refused_with_mlflows_message(
         with pytest.raises(MlflowException) as ours:
             sql_store.create_logged_model(store, experiment, "model", None, {}, {})
         assert str(ours.value) == str(theirs.value)
+
+
+def test_a_run_is_ended_as_mlflow_ends_it(client: MlflowClient) -> None:
+    from mlflow.entities import RunStatus
+
+    exp = client.create_experiment("e")
+    store = _store(client)
+    theirs = client.create_run(exp, run_name="r").info.run_id
+    ours = client.create_run(exp, run_name="r").info.run_id
+    store.update_run_info(theirs, RunStatus.KILLED, end_time=T0, run_name=None)
+    sql_store.end_run(store, ours, "KILLED", T0)
+    assert _run_fields(client, ours) == _run_fields(client, theirs)
+    assert client.get_run(ours).info.status == "KILLED"
+    assert client.get_run(ours).info.end_time == T0
+    with pytest.raises(Exception, match="Could not get run status"):  # MLflow's own check
+        sql_store.end_run(store, ours, "NOT_A_STATUS", T0)
+    client.delete_run(ours)
+    with pytest.raises(MlflowException) as refused:
+        sql_store.end_run(store, ours, "FINISHED", T0)
+    with pytest.raises(MlflowException) as mlflows:
+        store.update_run_info(ours, RunStatus.FINISHED, end_time=T0, run_name=None)
+    assert str(refused.value) == str(mlflows.value)
+
+
+def test_a_model_is_a_runs_output_as_mlflow_records_it(client: MlflowClient) -> None:
+    from mlflow.entities import LoggedModelOutput
+
+    exp = client.create_experiment("e")
+    theirs, ours = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id
+    model_id = client.create_logged_model(exp).model_id
+    client.log_outputs(theirs, [LoggedModelOutput(model_id, step=7)])
+    sql_store.log_model_output(_store(client), ours, model_id, 7)
+
+    def outputs(run_id: str) -> list[tuple[str, int]]:
+        found = client.get_run(run_id).outputs
+        return [(o.model_id, o.step) for o in (found.model_outputs if found else [])]
+
+    assert outputs(ours) == outputs(theirs) == [(model_id, 7)]
