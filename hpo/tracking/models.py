@@ -257,10 +257,11 @@ def _link_model(
         client.log_outputs(run_id=run_id, models=[LoggedModelOutput(model_id, step=step)])
     at_step = [row for row in step_metrics if int(row[2]) == step]
     metrics = row_metrics(at_step, run_id=run_id, model_id=model_id)
-    if metrics and fast:
-        sql_store.log_batch(store, run_id, metrics=metrics)
-    elif metrics:
-        client.log_batch(run_id=run_id, metrics=metrics)
+    if metrics:
+        if fast:
+            sql_store.log_batch(store, run_id, metrics=metrics)
+        else:
+            client.log_batch(run_id=run_id, metrics=metrics)
 
 
 def load_pytorch_model(model_uri: str, tracking_uri: str | None = None) -> nn.Module:

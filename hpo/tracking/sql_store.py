@@ -331,32 +331,23 @@ def create_logged_model(
                 "source_run_id": source_run_id,
             },
         )
-        if params:
-            session.execute(
-                SqlLoggedModelParam.__table__.insert(),
-                [
-                    {
-                        "model_id": model_id,
-                        "experiment_id": exp,
-                        "param_key": str(k),
-                        "param_value": str(v),
-                    }
-                    for k, v in params.items()
-                ],
-            )
-        if tags:
-            session.execute(
-                SqlLoggedModelTag.__table__.insert(),
-                [
-                    {
-                        "model_id": model_id,
-                        "experiment_id": exp,
-                        "tag_key": str(k),
-                        "tag_value": str(v),
-                    }
-                    for k, v in tags.items()
-                ],
-            )
+        for table, kind, values in (
+            (SqlLoggedModelParam.__table__, "param", params),
+            (SqlLoggedModelTag.__table__, "tag", tags),
+        ):
+            if values:
+                session.execute(
+                    table.insert(),
+                    [
+                        {
+                            "model_id": model_id,
+                            "experiment_id": exp,
+                            f"{kind}_key": str(k),
+                            f"{kind}_value": str(v),
+                        }
+                        for k, v in values.items()
+                    ],
+                )
     return model_id
 
 
