@@ -21,6 +21,8 @@ one call per row.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -144,75 +146,190 @@ def _write_rdb(
 ) -> None:
     """Write ``values`` and ``attrs``; with ``end`` (state, values, time), finish the trial
     in the same transaction, as ``RDBStorage.set_trial_state_values`` does."""
-    from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    value_model = models.TrialIntermediateValueModel
     with _create_scoped_session(backend.scoped_session, True) as session:
-        # Locked (Postgres) when it ends the trial: another worker failing it as stale waits.
-        trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=end is not None)
-        backend.check_trial_is_updatable(trial_id, trial.state)  # type: ignore[arg-type]
-        if values:
-            # One query for the steps already stored (a step reported again replaces its value,
-            # as Optuna's own write does), then the new rows.
-            stored: dict[int, Any] = {
-                int(row.step): row
-                for row in session.query(value_model).filter(
-                    value_model.trial_id == trial_id, value_model.step.in_(list(values))
-                )
-            }
-            for step, value in sorted(values.items()):
-                representation, kind = value_model.intermediate_value_to_stored_repr(value)
-                row = stored.get(step)
-                if row is None:
-                    session.add(
-                        value_model(
-                            trial_id=trial_id,
-                            step=step,
-                            intermediate_value=representation,
-                            intermediate_value_type=kind,
-                        )
-                    )
-                else:
-                    row.intermediate_value = representation
-                    row.intermediate_value_type = kind
-        if attrs:
-            _upsert_user_attrs(backend, session, trial_id, attrs)
-        if end is not None:
-            state, objective_values, now = end
-            for objective, value in enumerate(objective_values or ()):
-                backend._set_trial_value_without_commit(session, trial, objective, value)
-            trial.state = state
-            trial.datetime_complete = now
+        if _has_upsert(backend):
+            _write_statements(backend, session.connection(), trial_id, attrs, values, end)
+        else:
+            _write_orm(backend, session, trial_id, attrs, values, end)
 
 
-def _upsert_user_attrs(
-    backend: optuna.storages.RDBStorage, session: Any, trial_id: int, attrs: Mapping[str, Any]
-) -> None:
-    """Every attribute in one ``INSERT … ON CONFLICT (trial_id, key) DO UPDATE`` on SQLite and
-    Postgres; Optuna's own write, per attribute, looks the trial up again and runs one statement
-    for each (10 attributes: 20 statements, ~10 ms of the reference trial on SQLite)."""
-    import json
+def _has_upsert(backend: optuna.storages.RDBStorage) -> bool:
+    """Whether the storage's database has ``INSERT … ON CONFLICT`` (SQLite 3.24 or later,
+    PostgreSQL); on others (MySQL, older SQLite) rows are written through the ORM."""
     import sqlite3
 
+    dialect = backend.engine.name
+    return dialect == "postgresql" or (
+        dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0)
+    )
+
+
+#: States a trial's rows may still be written in (Optuna's ``check_trial_is_updatable``).
+_UPDATABLE = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def _write_statements(
+    backend: optuna.storages.RDBStorage,
+    connection: Any,
+    trial_id: int,
+    attrs: Mapping[str, Any],
+    values: Mapping[int, float],
+    end: tuple[TrialState, Sequence[float] | None, datetime] | None,
+) -> None:
+    """:func:`_write_rdb` in a few SQL statements: the trial's end first (an ``UPDATE`` only
+    of a trial that may still be written, which also takes the write lock: a worker failing
+    the trial as stale meanwhile makes it a no-op, and nothing is written), then one upsert each
+    for the intermediate values, the attributes and the objective values. Through the ORM the
+    end of a trial with 20 reports and 9 attributes was 26 statements, 6.9 ms on SQLite (one
+    ``INSERT`` per step); here it is 5, 1.3 ms."""
+    import sqlalchemy
     from optuna.storages._rdb import models
 
-    model = models.TrialUserAttributeModel
-    dialect = backend.engine.name
-    if dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24, 0):
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    trials = models.TrialModel.__table__
+    if end is None:
+        state = connection.execute(
+            sqlalchemy.select(trials.c.state).where(trials.c.trial_id == trial_id)
+        ).scalar_one_or_none()
+        _check_updatable(backend, trial_id, state)
     else:
-        for key, attr in attrs.items():
-            backend._set_trial_attr_without_commit(session, model, trial_id, key, attr)
-        return
-    statement = insert(model).values(
-        [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
-    )
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[model.trial_id, model.key],
-            set_={"value_json": statement.excluded.value_json},
+        final, _, now = end
+        ended = connection.execute(
+            sqlalchemy.update(trials)
+            .where(trials.c.trial_id == trial_id, trials.c.state.in_(_UPDATABLE))
+            .values(state=final, datetime_complete=now)
         )
-    )
+        if ended.rowcount != 1:
+            state = connection.execute(
+                sqlalchemy.select(trials.c.state).where(trials.c.trial_id == trial_id)
+            ).scalar_one_or_none()
+            _check_updatable(backend, trial_id, state)  # raises: gone, or finished meanwhile
+            raise AssertionError(f"trial {trial_id} in state {state} was not ended")
+    upserts = _upsert_statements(backend.engine.name)
+    if values:
+        model = models.TrialIntermediateValueModel
+        rows: list[dict[str, Any]] = []
+        for step, value in sorted(values.items()):
+            stored, kind = model.intermediate_value_to_stored_repr(value)
+            rows.append(
+                {
+                    "trial_id": trial_id,
+                    "step": step,
+                    "intermediate_value": stored,
+                    "intermediate_value_type": kind,
+                }
+            )
+        connection.execute(upserts["trial_intermediate_values"], rows)
+    if attrs:
+        rows = [
+            {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()
+        ]
+        connection.execute(upserts["trial_user_attributes"], rows)
+    objective_values = list(end[1] or ()) if end is not None else []
+    if objective_values:
+        rows = []
+        for objective, value in enumerate(objective_values):
+            number, value_type = models.TrialValueModel.value_to_stored_repr(value)
+            rows.append(
+                {
+                    "trial_id": trial_id,
+                    "objective": objective,
+                    "value": number,
+                    "value_type": value_type,
+                }
+            )
+        connection.execute(upserts["trial_values"], rows)
+
+
+@functools.cache
+def _upsert_statements(dialect: str) -> dict[str, Any]:
+    """Per table, an ``INSERT … ON CONFLICT (its unique key) DO UPDATE`` of one row, run with
+    a list of rows (one ``executemany``; built once, so compiled once): a step reported again,
+    an attribute set again, replaces its value, as Optuna's own writes do."""
+    from optuna.storages._rdb import models
+
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    keys: list[tuple[Any, str, tuple[str, ...]]] = [
+        (
+            models.TrialIntermediateValueModel,
+            "step",
+            ("intermediate_value", "intermediate_value_type"),
+        ),
+        (models.TrialUserAttributeModel, "key", ("value_json",)),
+        (models.TrialValueModel, "objective", ("value", "value_type")),
+    ]
+    statements: dict[str, Any] = {}
+    for model, key, columns in keys:
+        table = model.__table__
+        statement = insert(table)
+        statements[table.name] = statement.on_conflict_do_update(
+            index_elements=[table.c.trial_id, table.c[key]],
+            set_={c: statement.excluded[c] for c in columns},
+        )
+    return statements
+
+
+def _check_updatable(
+    backend: optuna.storages.RDBStorage, trial_id: int, state: TrialState | None
+) -> None:
+    """Raise as Optuna does for a trial that is not there (``KeyError``) or has finished
+    (``UpdateFinishedTrialError``)."""
+    from optuna.storages._rdb.models import NOT_FOUND_MSG
+
+    if state is None:
+        raise KeyError(NOT_FOUND_MSG)
+    backend.check_trial_is_updatable(trial_id, state)
+
+
+def _write_orm(
+    backend: optuna.storages.RDBStorage,
+    session: Any,
+    trial_id: int,
+    attrs: Mapping[str, Any],
+    values: Mapping[int, float],
+    end: tuple[TrialState, Sequence[float] | None, datetime] | None,
+) -> None:
+    """:func:`_write_rdb` through Optuna's models, on databases without an upsert."""
+    from optuna.storages._rdb import models
+
+    value_model = models.TrialIntermediateValueModel
+    # Locked (Postgres) when it ends the trial: another worker failing it as stale waits.
+    trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=end is not None)
+    backend.check_trial_is_updatable(trial_id, trial.state)  # type: ignore[arg-type]
+    if values:
+        # One query for the steps already stored (a step reported again replaces its value,
+        # as Optuna's own write does), then the new rows.
+        stored: dict[int, Any] = {
+            int(row.step): row
+            for row in session.query(value_model).filter(
+                value_model.trial_id == trial_id, value_model.step.in_(list(values))
+            )
+        }
+        for step, value in sorted(values.items()):
+            representation, kind = value_model.intermediate_value_to_stored_repr(value)
+            row = stored.get(step)
+            if row is None:
+                session.add(
+                    value_model(
+                        trial_id=trial_id,
+                        step=step,
+                        intermediate_value=representation,
+                        intermediate_value_type=kind,
+                    )
+                )
+            else:
+                row.intermediate_value = representation
+                row.intermediate_value_type = kind
+    model = models.TrialUserAttributeModel
+    for key, attr in attrs.items():
+        backend._set_trial_attr_without_commit(session, model, trial_id, key, attr)
+    if end is not None:
+        state, objective_values, now = end
+        for objective, value in enumerate(objective_values or ()):
+            backend._set_trial_value_without_commit(session, trial, objective, value)
+        trial.state = state
+        trial.datetime_complete = now

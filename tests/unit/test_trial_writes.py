@@ -165,18 +165,33 @@ FINISHES = {
     "fail": (TrialState.FAIL, None, [0.4]),
     "complete_nan": (TrialState.COMPLETE, [float("nan")], [0.4]),
     "complete_two_objectives": (TrialState.COMPLETE, [0.9, 3.0], []),
+    "pruned_infinite": (TrialState.PRUNED, None, [float("inf"), float("-inf")]),
+    "complete_infinite": (TrialState.COMPLETE, [float("inf")], [0.4, 0.5, 0.4]),
 }
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "sqlite_orm", "journal"])
 @pytest.mark.parametrize("case", sorted(FINISHES))
-def test_finish_trial_ends_a_trial_as_tell_does(tmp_path: Path, kind: str, case: str) -> None:
-    """Same trial, same end: hpo's finish_trial (one transaction on an RDB storage) and
+def test_finish_trial_ends_a_trial_as_tell_does(
+    tmp_path: Path,
+    kind: str,
+    case: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same trial, same end: hpo's finish_trial (one transaction on an RDB storage: a few
+    upserts on SQLite and Postgres, Optuna's models where the database has no upsert) and
     write_trial + Study.tell store the same trial, tell the sampler the same, and return what
     the storage then holds."""
+    import math
     import warnings
 
+    from hpo import trial_writes
     from hpo.trial_writes import finish_trial
+
+    if kind == "sqlite_orm":
+        monkeypatch.setattr(trial_writes, "_has_upsert", lambda backend: False)
+    postgres = request.getfixturevalue("postgres_url") if kind == "postgres" else None
 
     state, values, reports = FINISHES[case]
     directions = ["maximize", "minimize"] if case == "complete_two_objectives" else ["maximize"]
@@ -184,9 +199,8 @@ def test_finish_trial_ends_a_trial_as_tell_does(tmp_path: Path, kind: str, case:
     for way in ("optuna", "hpo"):
         (tmp_path / way).mkdir()
         sampler = _Recording()
-        study = optuna.create_study(
-            storage=storages(tmp_path / way)[kind], sampler=sampler, directions=directions
-        )
+        storage = postgres or storages(tmp_path / way)[kind.removesuffix("_orm")]
+        study = optuna.create_study(storage=storage, sampler=sampler, directions=directions)
         trial = study.ask()
         trial.suggest_float("x", 0, 1)
         trial.set_user_attr("worker", "here")  # written while it ran
@@ -232,17 +246,36 @@ def test_finish_trial_ends_a_trial_as_tell_does(tmp_path: Path, kind: str, case:
         assert trial.params == stored["optuna"].params == {"x": trial.params["x"]}
         assert trial.user_attrs == stored["optuna"].user_attrs
         assert trial.intermediate_values.keys() == stored["optuna"].intermediate_values.keys()
+        for step, value in stored["optuna"].intermediate_values.items():
+            mine = trial.intermediate_values[step]
+            assert mine == value or (math.isnan(mine) and math.isnan(value))
         assert trial.datetime_complete is not None
     assert told["hpo"] == told["optuna"]
     assert returned["hpo"].datetime_complete == stored["hpo"].datetime_complete
 
 
-def test_finish_trial_is_one_transaction_and_refuses_a_finished_trial(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_finish_trial_is_one_transaction_and_refuses_a_finished_trial(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A trial's end is one commit of a few statements (not one per reported step), and a trial
+    that was failed meanwhile (as stale, by another worker) keeps its state and takes nothing."""
+    import sqlalchemy
+
     from hpo.trial_writes import finish_trial
 
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/o.db")
+    url = (
+        request.getfixturevalue("postgres_url") if kind == "postgres" else storages(tmp_path)[kind]
+    )
+    study = optuna.create_study(storage=url)
     trial = study.ask()
     commits = counted_commits(study)
+    statements: list[str] = []
+    sqlalchemy.event.listen(
+        study._storage._backend.engine,  # type: ignore[attr-defined]
+        "before_cursor_execute",
+        lambda conn, cursor, sql, *args: statements.append(sql),
+    )
     finish_trial(
         study,
         trial,
@@ -252,6 +285,14 @@ def test_finish_trial_is_one_transaction_and_refuses_a_finished_trial(tmp_path: 
         intermediate_values={s: 0.1 * s for s in range(20)},
     )
     assert len(commits) == 1
+    # The end, then one upsert each for the reports, the attributes and the value (SQLite
+    # opens its transaction with the first write; Postgres is also asked its version once).
+    writes = [s for s in statements if not s.lstrip().lower().startswith(("select", "show"))]
+    assert len(writes) == 4, writes
+    assert writes[0].lstrip().upper().startswith("UPDATE TRIALS")
+    assert study._storage.get_trial(trial._trial_id).intermediate_values == {
+        s: 0.1 * s for s in range(20)
+    }
     # Failed as stale by another worker meanwhile: nothing of this end is written.
     other = study.ask()
     study._storage.set_trial_state_values(other._trial_id, TrialState.FAIL)
