@@ -118,13 +118,13 @@ def test_a_trial_claimed_while_the_lock_was_lost_is_given_back_if_over_budget(
 
     study, url = new_study(tmp_path)
     TrialLoop(study, FakeObjective(), url, budget=1).run()  # one trial done
-    real_ask = study.ask
+    real_start = worker.start_trial
     other: list[optuna.Trial] = []
 
-    def racing_ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+    def racing_start(*args: Any, **kwargs: Any) -> optuna.Trial | None:
         if not other:
-            other.append(real_ask())  # the other worker's claim, meanwhile
-        return real_ask(*args, **kwargs)
+            other.append(study.ask())  # the other worker's claim, meanwhile
+        return real_start(*args, **kwargs)
 
     class LostOnce:
         calls = 0
@@ -140,7 +140,7 @@ def test_a_trial_claimed_while_the_lock_was_lost_is_given_back_if_over_budget(
     def lock(url: str, name: str) -> Any:
         yield LostOnce()
 
-    monkeypatch.setattr(study, "ask", racing_ask)
+    monkeypatch.setattr(worker, "start_trial", racing_start)
     monkeypatch.setattr(worker, "study_lock", lock)
     trial, running = TrialLoop(study, FakeObjective(), url, budget=budget)._claim()
     mine = [t for t in study.get_trials() if t.number not in (0, other[0].number)]
@@ -271,10 +271,13 @@ def test_a_failed_first_heartbeat_is_retried_not_a_second_trial(
 
     monkeypatch.setattr(storage, "record_heartbeat", flaky)
     monkeypatch.setattr(worker, "time", _FastTime())  # no real back-off sleeps
+    # A queued trial: Optuna's ask runs it, and the heartbeat is a write of its own.
+    study.enqueue_trial({"x": 0.5})
     trial, _ = TrialLoop(study, FakeObjective(), url, budget=1, heartbeat_interval=1)._claim()
-    assert trial is not None and trial.number == 0
+    assert trial is not None and trial.number == 0 and trial.suggest_float("x", 0, 1) == 0.5
     assert len(study.trials) == 1  # the heartbeat was retried, not the whole claim
     assert storage._backend._get_stale_trial_ids(study._study_id) == []
+    assert list(study.trials[0].user_attrs) == [worker.WORKER_ATTR]
 
 
 class _FastTime:
@@ -362,3 +365,63 @@ def test_workers_get_the_ctrl_c_sent_to_the_command_alone(monkeypatch: pytest.Mo
     with pytest.raises(KeyboardInterrupt):
         worker.wait_for_workers(children, poll=interrupted)
     assert [c.process.returncode for c in children] == [1, 1]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("beats", [True, False])
+def test_a_claim_is_one_transaction(
+    tmp_path: Path, kind: str, beats: bool, request: pytest.FixtureRequest
+) -> None:
+    """With no trial queued, a new trial, its worker's name and its first heartbeat are one
+    commit, and the trial is what Optuna's ask makes: numbered after the study's trials, RUNNING,
+    its parameters suggested and kept as ask's trials keep them."""
+    import sqlalchemy
+
+    url = (
+        request.getfixturevalue("postgres_url")
+        if kind == "postgres"
+        else f"sqlite:///{tmp_path}/hpo.db"
+    )
+    beat = HeartbeatSpec(interval=1, grace=2, max_retries=0)
+    storage = open_storage(url, heartbeat=beat if beats else None)
+    study = optuna.create_study(study_name="s", storage=storage)
+    done = study.ask()  # one done, one queued-and-run, so numbers follow them
+    study.tell(done, 1.0)
+    study.enqueue_trial({"x": 0.25})
+    loop = TrialLoop(
+        study, FakeObjective(), url, budget=None, heartbeat_interval=1 if beats else None
+    )
+    queued, _ = loop._claim()
+    assert queued is not None and queued.number == 1 and queued.suggest_float("x", 0, 1) == 0.25
+    events: list[str] = []
+    backend = study._storage._backend  # type: ignore[attr-defined]  # Optuna's cache wraps it
+    sqlalchemy.event.listen(backend.engine, "commit", lambda conn: events.append("COMMIT"))
+    sqlalchemy.event.listen(
+        backend.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, sql, *args: events.append(sql.split()[0].upper()),
+    )
+    trial, _ = loop._claim()
+    assert trial is not None
+    writes = [i for i, e in enumerate(events) if e in ("INSERT", "UPDATE", "DELETE")]
+    assert len(writes) == (3 if beats else 2)  # the trial, its attribute, its heartbeat
+    assert "COMMIT" not in events[writes[0] : writes[-1]]
+    assert trial.number == 2 and trial._trial_id == backend.get_trial_id_from_study_id_trial_number(
+        study._study_id, 2
+    )
+    x = trial.suggest_float("x", 0, 1)
+    stored = backend.get_trial(trial._trial_id)
+    assert stored.state == TrialState.RUNNING and stored.params == {"x": x}
+    assert stored.user_attrs[worker.WORKER_ATTR].endswith(f":{__import__('os').getpid()}")
+    assert stored.datetime_start is not None
+    stale = backend._get_stale_trial_ids(study._study_id) if beats else []
+    assert stale == []
+    with backend.engine.connect() as connection:
+        hearts = connection.execute(
+            sqlalchemy.text("SELECT count(*) FROM trial_heartbeats WHERE trial_id = :t"),
+            {"t": trial._trial_id},
+        ).scalar()
+    assert hearts == (1 if beats else 0)
+    study.tell(trial, x)
+    assert [t.number for t in study.get_trials()] == [0, 1, 2]
+    assert study.get_trials()[2].value == x
