@@ -1,4 +1,5 @@
-"""A running trial's intermediate values and user attributes, written together, not one by one.
+"""A trial's writes to the Optuna storage: its claim, its values and attributes, its end, each in
+one transaction, not one per row.
 
 ``Trial.report`` writes each epoch's value to the storage at once (one transaction, 2 ms on
 SQLite in WAL mode, more against a remote Postgres), and so does every ``set_user_attr``: for
@@ -6,17 +7,21 @@ the reference trial (20 epochs, 9 attributes) that is about 60 ms of a 370 ms tr
 needs those rows while the trial runs, except the trial's own pruning decision and a dashboard
 that shows its curve live:
 
+* :func:`start_trial` creates a trial with its worker's name and first heartbeat (``ask`` and
+  two more writes before);
 * :func:`report` records a value on the trial object only, where ``Trial.should_prune`` reads it
   (Optuna keeps the running trial's values in ``trial._cached_frozen_trial``): the pruner decides
   exactly as after ``Trial.report``;
 * :func:`write_trial` writes what was collected in one transaction: every few seconds while the
   trial runs (the dashboard's curve stays live), and before the trial is told its end, so a
   finished trial has all its values and attributes, as Optuna's pruners of other trials and
-  ``Study.tell`` (a pruned trial's value is its last report) expect.
+  ``Study.tell`` (a pruned trial's value is its last report) expect;
+* :func:`finish_trial` is ``Study.tell`` with those writes in the same transaction.
 
-Writing several rows in one transaction uses the RDB storage's models and its
-``_set_trial_attr_without_commit`` (Optuna 5.0, which ``pyproject.toml`` pins); other storages get
-one call per row.
+On SQLite and PostgreSQL the rows are written with a few SQL statements on Optuna's own tables
+(an upsert per table); on other RDB databases through Optuna's models and its
+``_set_trial_attr_without_commit`` (Optuna 5.0, which ``pyproject.toml`` pins); other storages
+get one call per row.
 """
 
 from __future__ import annotations
