@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hpo.errors import DataError, DeviceError, SpecError, StorageError, TrackingError
 from hpo.registry import did_you_mean
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from hpo.insights import ChanceCheck
     from hpo.tracking.champion import Champion
     from hpo.tracking.runs import StudyTracker
+    from hpo.trial_rows import TrialRows
 
 SPEC_HASH_ATTR = "hpo.spec_hash"
 SPEC_ATTR = "hpo.spec"
@@ -843,6 +844,10 @@ class _ParentSummary:
         self._points: list[tuple[int, int, dict[str, float]]] = []
         self._tags: dict[str, str] = {}
         self._written: float | None = None
+        #: The study's trials as rows (an RDB storage, one objective), False where not.
+        self._rows: TrialRows | Literal[False] | None = None
+        #: The best trial's run id (trial id → run id), read once per best trial.
+        self._run_ids: dict[int, str] = {}
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.study = study
@@ -858,10 +863,19 @@ class _ParentSummary:
             return
         from optuna.trial import TrialState
 
+        from hpo.trial_rows import TrialRows
+
         directions = self.study.directions
+        if self._rows is None and not self.spec.multi_objective:
+            self._rows = TrialRows.of(self.study) or False
+        # Rows in SQL, only those that changed (hpo.trial_rows); a Pareto front needs the
+        # trials' constraints: the whole trials then.
+        trials: Sequence[Any] = (
+            self._rows.read() if self._rows else self.study.get_trials(deepcopy=False)
+        )
         finished = [
             (t, t.datetime_complete.timestamp() if t.datetime_complete else math.inf)
-            for t in self.study.get_trials(deepcopy=False)
+            for t in trials
             if t.state.is_finished()
         ]
         for number, at in self._ended:
@@ -888,12 +902,26 @@ class _ParentSummary:
                 metrics[f"best_{self.spec.objective_metrics[0]}"] = float(best.value)  # type: ignore[arg-type]
                 metrics["best_trial"] = float(best.number)
                 tags["hpo.best_trial"] = str(best.number)
-                tags["hpo.best_run_id"] = str(best.user_attrs.get("mlflow_run_id", ""))
+                tags["hpo.best_run_id"] = str(self._run_id_of(best) or "")
             stamp = at if math.isfinite(at) else time.time()
             self._points.append((number, int(stamp * 1000), metrics))
             self._tags.update(tags)
         self._ended = []
         del self._points[:-MAX_SUMMARY_POINTS]
+
+    def _run_id_of(self, trial: Any) -> str | None:
+        """The MLflow run id a trial (a ``FrozenTrial`` or a row) recorded."""
+        from hpo.objective import RUN_ID_ATTR
+        from hpo.trial_rows import TrialRow
+
+        if not isinstance(trial, TrialRow):
+            return trial.user_attrs.get(RUN_ID_ATTR)
+        found = self._run_ids.get(trial.trial_id)
+        if found is None and self._rows:
+            found = self._rows.user_attr(trial.trial_id, RUN_ID_ATTR)
+            if found:  # kept while this trial is the best
+                self._run_ids = {trial.trial_id: str(found)}
+        return found
 
     def final(self, study: optuna.Study) -> None:
         """Write the study's totals as they stand now, as one more point at the step of its

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from hpo.forked import ForkedProcess
     from hpo.spec import HeartbeatSpec
     from hpo.tracking.runs import StudyTracker
+    from hpo.trial_rows import TrialRows
 
 #: Optuna's system attributes of a retried trial (``RetryHeartbeatStaleTrialCallback``'s names,
 #: so ``retried_trial_number`` and ``retry_history`` work on our retries too).
@@ -87,13 +88,15 @@ class TrialObjective(Protocol):
 
 
 # -- the budget --------------------------------------------------------------------------------
-def budget_usage(study: optuna.Study) -> tuple[int, int]:
+def budget_usage(study: optuna.Study, rows: TrialRows | None = None) -> tuple[int, int]:
     """``(used, running)``: trials that count against the budget, and how many of them run.
 
     Used: COMPLETE, PRUNED, RUNNING, and FAIL unless replaced by a retry or a recovered result
-    (or given back unrun: :data:`OVER_BUDGET_ATTR`).
+    (or given back unrun: :data:`OVER_BUDGET_ATTR`). ``rows``: a reader of the study's trials
+    kept between calls (:mod:`hpo.trial_rows`: only what changed is read), else the study's
+    trials are read.
     """
-    trials = study.get_trials(deepcopy=False)
+    trials: Sequence[Any] = rows.read() if rows is not None else study.get_trials(deepcopy=False)
     replaced: set[int] = set()
     for t in trials:
         replaced.update(t.system_attrs.get(RETRY_HISTORY_ATTR, ()))
@@ -416,6 +419,13 @@ class TrialLoop:
     on_recovered: Callable[[FrozenTrial, FrozenTrial, dict[str, Any]], None] | None = None
     ran: int = 0
     _heartbeat: _Heartbeat | None = field(default=None, init=False, repr=False)
+    #: The study's trials, read in SQL and only what changed (RDB storages: hpo.trial_rows).
+    _rows: TrialRows | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from hpo.trial_rows import TrialRows
+
+        self._rows = TrialRows.of(self.study)
 
     def run(self) -> int:
         """Run the loop; return how many trials this process ran."""
@@ -483,7 +493,7 @@ class TrialLoop:
                 adopt_unbeaten_trials(self.study)
             running = 0
             if self.budget is not None:
-                used, running = budget_usage(self.study)
+                used, running = budget_usage(self.study, self._rows)
                 if used >= self.budget:
                     return None, running
             held.check()  # still ours: else another worker may be counting the same budget
@@ -520,7 +530,7 @@ class TrialLoop:
             return False
         storage = self.study._storage
         with study_lock(self.storage_url, self.study.study_name):
-            used, _ = budget_usage(self.study)
+            used, _ = budget_usage(self.study, self._rows)
             if used <= self.budget:
                 return False
             storage.set_trial_system_attr(trial._trial_id, OVER_BUDGET_ATTR, True)
