@@ -28,6 +28,7 @@ run.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -73,6 +74,9 @@ WORKER_ATTR = "worker"
 STORAGE_OUTAGE_SECONDS = 600.0
 #: How often a worker that waits for other workers' last trials looks at the study.
 WAIT_POLL_SECONDS = 1.0
+#: How often, at most, a worker looks for stale trials before a claim: a trial is stale only
+#: after a grace period of seconds, and the query cost ~1 ms of every short trial.
+STALE_CHECK_SECONDS = 1.0
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -419,6 +423,7 @@ class TrialLoop:
     on_recovered: Callable[[FrozenTrial, FrozenTrial, dict[str, Any]], None] | None = None
     ran: int = 0
     _heartbeat: _Heartbeat | None = field(default=None, init=False, repr=False)
+    _stale_checked: float = field(default=-math.inf, init=False, repr=False)
     #: The study's trials, read in SQL and only what changed (RDB storages: hpo.trial_rows).
     _rows: TrialRows | None = field(default=None, init=False, repr=False)
 
@@ -448,8 +453,12 @@ class TrialLoop:
                 break
             if self.n_trials is not None and self.ran >= self.n_trials:
                 break
-            if self.heartbeat_interval is not None:
+            if (
+                self.heartbeat_interval is not None
+                and time.monotonic() - self._stale_checked >= STALE_CHECK_SECONDS
+            ):
                 _through_outage("failing stale trials", self._fail_stale)
+                self._stale_checked = time.monotonic()
             ready = getattr(self.objective, "ready", None)
             if ready is not None:
                 ready()  # e.g. the tracking store, if it was seen away, answers again
