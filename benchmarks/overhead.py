@@ -16,10 +16,15 @@ The sender works while the next trial trains, so the cost of a trial is not the 
 start and its end: it is what a study of K trials takes, **including the wait at its end until
 every run is sent**, divided by K. The sides therefore run in blocks, never interleaved trial by
 trial (the sender's work would otherwise overlap a raw training and flatter hpo): a block of K raw
-trainings, then a block of K hpo trials that ends when the sender has reported all K runs sent,
-alternately. Overhead = (median per-trial time of the hpo blocks − median raw training) / median
-raw training. One warm-up trial per store runs first and is not counted (one-off imports, the
-sender's start, ``torch.export``'s first trace).
+trainings, then a block of K hpo trials that ends when the sender has reported all K runs sent.
+Every hpo block is paired with a raw block run just before it, and overhead = the median over
+the blocks of (per-trial time of the hpo block − median raw training of its raw block) / that raw
+training. This host's speed drifts by ±25 % over seconds (the same raw training took 0.29 s,
+then 0.44 s, a minute apart, in CPU time as in wall time): against one median of every raw
+training, the same code measured −0.12 to +0.11 in four runs in a row; short blocks, each next
+to its own baseline, cancel most of that drift. The ratio of the medians is kept too
+(``ratio_of_medians``). One warm-up trial per store runs first and is not counted (one-off
+imports, the sender's start, ``torch.export``'s first trace).
 
 Also kept: the trial's *critical path* (trial start to next trial start, without the final wait)
 and a breakdown of both sides of the work. The breakdown comes from timers wrapped around hpo's
@@ -149,7 +154,8 @@ def _breakdown(timers: Timers, trials: int, labels: list[str]) -> dict[str, floa
 
 def measure(quick: bool, *, http: bool = True) -> dict[str, Any]:
     torch.set_num_threads(1)
-    blocks = 3 if quick else 6
+    rounds = 4 if quick else 8
+    # K trials per block: the wait for the last run's send is shared by K trials.
     k = 4 if quick else 6
     timers = Timers()
     out: dict[str, Any] = {}
@@ -182,18 +188,22 @@ def measure(quick: bool, *, http: bool = True) -> dict[str, Any]:
             raw_default: list[float] = []
             totals: dict[str, list[float]] = {side: [] for side in benches}
             loops: dict[str, list[float]] = {side: [] for side in benches}
+            # The raw block run just before each of a side's blocks (median per trial).
+            paired: dict[str, list[float]] = {side: [] for side in benches}
             critical: dict[str, dict[str, float]] = {}
-            for i in range(blocks):
-                raw.extend(raw_train(data, evaluate=True) for _ in range(k))
+            for i in range(rounds):
                 raw_default.extend(raw_train(data, evaluate=True, fused=False) for _ in range(k))
                 for side, bench in benches.items():
-                    if i == blocks - 1:  # the last block also feeds the breakdown
+                    block = [raw_train(data, evaluate=True) for _ in range(k)]
+                    raw.extend(block)
+                    paired[side].append(median(block))
+                    if i == rounds - 1:  # the last round also feeds the breakdown
                         install(timers, CRITICAL_PROBES)
                         timers.reset()
                     total, ran = bench.block(k)
                     totals[side].append(total)
                     loops[side].append(ran)
-                    if i == blocks - 1:
+                    if i == rounds - 1:
                         critical[side] = _breakdown(timers, k, [p[0] for p in CRITICAL_PROBES])
                         timers.restore()
             after = load()
@@ -204,14 +214,21 @@ def measure(quick: bool, *, http: bool = True) -> dict[str, Any]:
             raw_median = median(raw)
 
             def figures(side: str) -> dict[str, Any]:
-                per_trial = median(totals[side])
+                pairs = list(zip(totals[side], paired[side], strict=True))
+                ratios = [(hpo - base) / base for hpo, base in pairs]
+                critical_ratios = [
+                    (ran - base) / base for ran, base in zip(loops[side], paired[side], strict=True)
+                ]
                 return {
                     "sender": "background" if benches[side].background else "inline",
                     "trial_seconds_per_block": totals[side],
-                    "trial_median_seconds": per_trial,
-                    "ratio": (per_trial - raw_median) / raw_median,
+                    "raw_seconds_per_block": paired[side],
+                    "ratio_per_block": ratios,
+                    "ratio": median(ratios),
+                    "ratio_of_medians": (median(totals[side]) - raw_median) / raw_median,
+                    "trial_median_seconds": median(totals[side]),
                     "critical_path_seconds_per_block": loops[side],
-                    "critical_path_ratio": (median(loops[side]) - raw_median) / raw_median,
+                    "critical_path_ratio": median(critical_ratios),
                     "pruned_trials": benches[side].pruned(),
                     "critical_path_breakdown_seconds": critical.get(side, {}),
                     "sender_breakdown_seconds_per_run": sender[side],
@@ -243,9 +260,10 @@ def measure(quick: bool, *, http: bool = True) -> dict[str, Any]:
                     COMMAND.replace("local", side),
                     raw_figures,
                     note=(
-                        f"blocks of {k} trials run by the worker's loop with its default sender, "
-                        "timed until every run is sent, vs blocks of the raw torch loop; medians "
-                        "of per-trial times; 1 torch thread"
+                        f"{rounds} blocks of {k} trials run by the worker's loop with its default "
+                        "sender, timed until every run is sent, each against a block of the raw "
+                        "torch loop run just before it; median of the blocks' ratios; 1 torch "
+                        "thread"
                     ),
                 )
         finally:
