@@ -12,8 +12,8 @@ each trial, and other workers' trials that complete while it trains at most a fe
 
 The percentile pruner's decision is then made here, as Optuna 5.0 makes it, from a matrix of the
 completed trials' values by step (the percentiles of every step computed together, once per
-read that found new trials) instead of a scan of every completed trial and a ``numpy`` call per epoch. ``tests/unit/test_pruning.py``
-holds it to Optuna's decisions.
+read that found new trials) instead of a scan of every completed trial and a ``numpy`` call per
+epoch. ``tests/unit/test_pruning.py`` holds it to Optuna's decisions.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ def completed_since(study: Study, known: Container[int]) -> dict[int, dict[int, 
     trial new since its last read through the ORM, with all its parameters and attributes (6 ms
     per trial of the reference study on SQLite). Other storages are read with ``get_trials``.
     """
-    from optuna.storages import RDBStorage
+    from hpo.storage import rdb_backend
 
-    backend = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(backend, RDBStorage):
+    backend = rdb_backend(study._storage)
+    if backend is None:
         return {
             t._trial_id: dict(t.intermediate_values)
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

@@ -37,7 +37,7 @@ from hpo.sqlite_tuning import tune_sqlite_engine
 
 if TYPE_CHECKING:
     import optuna
-    from optuna.storages import BaseStorage
+    from optuna.storages import BaseStorage, RDBStorage
 
     from hpo.spec import HeartbeatSpec
 
@@ -102,6 +102,15 @@ def check_storage_url(url: str) -> None:
             raise StorageError(f"storage: invalid URL '{shown}': {exc}") from None
         # Finds the database's dialect and imports its driver.
         parsed.get_dialect().import_dbapi()
+
+
+def rdb_backend(storage: BaseStorage) -> RDBStorage | None:
+    """The RDB storage under ``storage`` (Optuna wraps one in a cache), or None for another kind
+    (journal, in memory): where hpo reads and writes Optuna's tables in SQL itself."""
+    from optuna.storages import RDBStorage
+
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, RDBStorage) else None
 
 
 def open_storage(

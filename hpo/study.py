@@ -37,6 +37,7 @@ from hpo.storage import (
     check_storage_url,
     mask_url,
     open_storage,
+    rdb_backend,
     study_lock,
     supports_heartbeat,
 )
@@ -487,6 +488,7 @@ class TrialRunner:
         and build the loop. ``local_workers``: trial processes sharing this machine's cores."""
         from hpo.tracking.finisher import background_default
         from hpo.training.threads import spare_cores
+        from hpo.trial_rows import TrialRows
         from hpo.worker import TrialLoop
 
         study, tracker = session.study, session.tracker
@@ -495,7 +497,9 @@ class TrialRunner:
         background = background_default(device, spare_cores(local_workers))
         finisher = _start_finisher(tracker, background=background)
         sent = _SentRuns(study, spec, tracker)
-        summary = _ParentSummary(tracker, spec, study=study)
+        # One reader of the study's trials for the budget's count and the summary.
+        rows = TrialRows.of(study)
+        summary = _ParentSummary(tracker, spec, study=study, rows=rows)
         loop = TrialLoop(
             study,
             objective,
@@ -507,6 +511,7 @@ class TrialRunner:
             callbacks=[*callbacks, failures, summary, sent],
             should_stop=lambda: failures.reason is not None,
             on_recovered=lambda old, new, attrs: _mark_recovered(tracker, old, new, attrs),
+            rows=rows,
         )
         return cls(loop, failures, sent, finisher, summary)
 
@@ -831,7 +836,10 @@ class _ParentSummary:
         spec: StudySpec,
         interval: float = SUMMARY_SECONDS,
         study: optuna.Study | None = None,
+        rows: TrialRows | None = None,
     ) -> None:
+        """``rows``: the study's trials as rows (:mod:`hpo.trial_rows`), shared with the worker's
+        loop; read here for a single-objective study (a Pareto front needs whole trials)."""
         self.tracker = tracker
         self.spec = spec
         self.interval = interval
@@ -845,7 +853,7 @@ class _ParentSummary:
         self._tags: dict[str, str] = {}
         self._written: float | None = None
         #: The study's trials as rows (an RDB storage, one objective), False where not.
-        self._rows: TrialRows | Literal[False] | None = None
+        self._rows: TrialRows | Literal[False] | None = None if spec.multi_objective else rows
         #: The best trial's run id (trial id → run id), read once per best trial.
         self._run_ids: dict[int, str] = {}
 
@@ -1051,11 +1059,9 @@ def _best_if_among(study: optuna.Study, numbers: set[int]) -> optuna.trial.Froze
     them. ``Study.best_trial`` reads the trial whatever it is (2 ms through the ORM once nothing
     else fills Optuna's cache of finished trials).
     """
-    from optuna.storages import RDBStorage
-
     storage = study._storage
-    backend = getattr(storage, "_backend", storage)
-    if isinstance(backend, RDBStorage):
+    backend = rdb_backend(storage)
+    if backend is not None:
         ids = set()
         for number in numbers:
             with contextlib.suppress(KeyError):  # not in this study (a stray spooled job)
@@ -1218,11 +1224,9 @@ def last_trials(study: optuna.Study, limit: int) -> tuple[list[optuna.trial.Froz
     measured by benchmarks/cli_speed.py). On a database storage this asks for the ids of the
     last ``limit`` trials and reads only those; other storages read them all.
     """
-    from optuna.storages import RDBStorage
-
     storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # optuna wraps RDB storages in a cache
-    if limit > 0 and isinstance(backend, RDBStorage):
+    backend = rdb_backend(storage)
+    if limit > 0 and backend is not None:
         import sqlalchemy
 
         # Optuna's own schema (the ``trials`` table, stable since its first RDB version).

@@ -53,10 +53,10 @@ class TrialRows:
     """The trials of one study in an RDB storage, kept between reads; see the module docstring."""
 
     def __init__(self, study: optuna.Study) -> None:
-        from optuna.storages import RDBStorage
+        from hpo.storage import rdb_backend
 
-        backend = getattr(study._storage, "_backend", study._storage)
-        if not isinstance(backend, RDBStorage):
+        backend = rdb_backend(study._storage)
+        if backend is None:
             raise TypeError("TrialRows reads an RDB storage")
         self._engine = backend.engine
         self._study_id = study._study_id
@@ -67,10 +67,9 @@ class TrialRows:
     @staticmethod
     def of(study: optuna.Study) -> TrialRows | None:
         """A reader of ``study``'s trials, or None for a storage that is not RDB."""
-        from optuna.storages import RDBStorage
+        from hpo.storage import rdb_backend
 
-        backend = getattr(study._storage, "_backend", study._storage)
-        return TrialRows(study) if isinstance(backend, RDBStorage) else None
+        return TrialRows(study) if rdb_backend(study._storage) is not None else None
 
     def read(self) -> list[TrialRow]:
         """Every trial of the study as it is now, by number."""

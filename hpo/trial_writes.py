@@ -35,6 +35,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage import rdb_backend
+
 
 def report(trial: optuna.Trial, step: int, value: float) -> bool:
     """Record ``value`` at ``step`` on the running trial, for its pruner, without writing it.
@@ -71,10 +73,10 @@ def start_trial(
     from optuna.storages._rdb.storage import _create_scoped_session
 
     storage = study._storage
-    backend = getattr(storage, "_backend", None)
+    backend = rdb_backend(storage)
     if (
         not isinstance(storage, _CachedStorage)
-        or not isinstance(backend, optuna.storages.RDBStorage)
+        or backend is None
         or not _has_upsert(backend)
         or not backend.engine.dialect.insert_returning
     ):
@@ -113,10 +115,7 @@ def start_trial(
         if user_attrs:
             connection.execute(
                 _upsert_statements(backend.engine.name)["trial_user_attributes"],
-                [
-                    {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)}
-                    for k, v in user_attrs.items()
-                ],
+                _attr_rows(trial_id, user_attrs),
             )
         if heartbeat:
             connection.execute(
@@ -158,8 +157,8 @@ def write_trial(
     """
     attrs = dict(user_attrs or {})
     values = dict(intermediate_values or {})
-    backend = getattr(storage, "_backend", storage)
-    if isinstance(backend, optuna.storages.RDBStorage):
+    backend = rdb_backend(storage)
+    if backend is not None:
         _write_rdb(backend, trial_id, attrs, values)
         return
     for step, value in sorted(values.items()):
@@ -199,8 +198,8 @@ def finish_trial(
 
     attrs = dict(user_attrs or {})
     reports = dict(intermediate_values or {})
-    backend = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    backend = rdb_backend(study._storage)
+    if backend is None:
         write_trial(study._storage, trial._trial_id, user_attrs=attrs, intermediate_values=reports)
         if state == TrialState.COMPLETE:
             return study.tell(trial, values)
@@ -286,10 +285,7 @@ def _write_statements(
 
     trials = models.TrialModel.__table__
     if end is None:
-        state = connection.execute(
-            sqlalchemy.select(trials.c.state).where(trials.c.trial_id == trial_id)
-        ).scalar_one_or_none()
-        _check_updatable(backend, trial_id, state)
+        _check_updatable(backend, connection, trial_id)
     else:
         final, _, now = end
         ended = connection.execute(
@@ -298,11 +294,8 @@ def _write_statements(
             .values(state=final, datetime_complete=now)
         )
         if ended.rowcount != 1:
-            state = connection.execute(
-                sqlalchemy.select(trials.c.state).where(trials.c.trial_id == trial_id)
-            ).scalar_one_or_none()
-            _check_updatable(backend, trial_id, state)  # raises: gone, or finished meanwhile
-            raise AssertionError(f"trial {trial_id} in state {state} was not ended")
+            _check_updatable(backend, connection, trial_id)  # raises: gone, or finished meanwhile
+            raise AssertionError(f"trial {trial_id} was not ended")
     upserts = _upsert_statements(backend.engine.name)
     if values:
         model = models.TrialIntermediateValueModel
@@ -319,10 +312,7 @@ def _write_statements(
             )
         connection.execute(upserts["trial_intermediate_values"], rows)
     if attrs:
-        rows = [
-            {"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()
-        ]
-        connection.execute(upserts["trial_user_attributes"], rows)
+        connection.execute(upserts["trial_user_attributes"], _attr_rows(trial_id, attrs))
     objective_values = list(end[1] or ()) if end is not None else []
     if objective_values:
         rows = []
@@ -370,13 +360,22 @@ def _upsert_statements(dialect: str) -> dict[str, Any]:
     return statements
 
 
-def _check_updatable(
-    backend: optuna.storages.RDBStorage, trial_id: int, state: TrialState | None
-) -> None:
+def _attr_rows(trial_id: int, attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``trial_user_attributes`` rows of ``attrs`` (JSON values, as Optuna stores them)."""
+    return [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+
+
+def _check_updatable(backend: optuna.storages.RDBStorage, connection: Any, trial_id: int) -> None:
     """Raise as Optuna does for a trial that is not there (``KeyError``) or has finished
-    (``UpdateFinishedTrialError``)."""
+    (``UpdateFinishedTrialError``): one query of its state."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
     from optuna.storages._rdb.models import NOT_FOUND_MSG
 
+    trials = models.TrialModel.__table__
+    state = connection.execute(
+        sqlalchemy.select(trials.c.state).where(trials.c.trial_id == trial_id)
+    ).scalar_one_or_none()
     if state is None:
         raise KeyError(NOT_FOUND_MSG)
     backend.check_trial_is_updatable(trial_id, state)

@@ -48,7 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import NotStarted, StorageError, StorageUnavailable
 from hpo.gc_freeze import freeze_long_lived
-from hpo.storage import study_lock
+from hpo.storage import rdb_backend, study_lock
 from hpo.trial_writes import finish_trial, start_trial
 
 if TYPE_CHECKING:
@@ -178,11 +178,9 @@ def adopt_unbeaten_trials(study: optuna.Study) -> list[int]:
     storages only; others have no heartbeat and nothing is done.
     """
     import sqlalchemy
-    from optuna.storages import RDBStorage
 
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # optuna wraps RDB storages in a cache
-    if not isinstance(backend, RDBStorage):
+    backend = rdb_backend(study._storage)
+    if backend is None:
         return []
     # Optuna's own schema (``trials``, ``trial_heartbeats``), as in hpo.study.last_trials.
     with backend.engine.connect() as connection:
@@ -422,15 +420,17 @@ class TrialLoop:
     should_stop: Callable[[], bool] = lambda: False
     on_recovered: Callable[[FrozenTrial, FrozenTrial, dict[str, Any]], None] | None = None
     ran: int = 0
+    #: The study's trials, read in SQL and only what changed (RDB storages: hpo.trial_rows);
+    #: default: a reader of this loop's own.
+    rows: TrialRows | None = field(default=None, repr=False)
     _heartbeat: _Heartbeat | None = field(default=None, init=False, repr=False)
     _stale_checked: float = field(default=-math.inf, init=False, repr=False)
-    #: The study's trials, read in SQL and only what changed (RDB storages: hpo.trial_rows).
-    _rows: TrialRows | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from hpo.trial_rows import TrialRows
 
-        self._rows = TrialRows.of(self.study)
+        if self.rows is None:
+            self.rows = TrialRows.of(self.study)
 
     def run(self) -> int:
         """Run the loop; return how many trials this process ran."""
@@ -502,7 +502,7 @@ class TrialLoop:
                 adopt_unbeaten_trials(self.study)
             running = 0
             if self.budget is not None:
-                used, running = budget_usage(self.study, self._rows)
+                used, running = budget_usage(self.study, self.rows)
                 if used >= self.budget:
                     return None, running
             held.check()  # still ours: else another worker may be counting the same budget
@@ -539,7 +539,7 @@ class TrialLoop:
             return False
         storage = self.study._storage
         with study_lock(self.storage_url, self.study.study_name):
-            used, _ = budget_usage(self.study, self._rows)
+            used, _ = budget_usage(self.study, self.rows)
             if used <= self.budget:
                 return False
             storage.set_trial_system_attr(trial._trial_id, OVER_BUDGET_ATTR, True)
