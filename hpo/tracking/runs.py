@@ -178,6 +178,10 @@ def open_client(uri: str) -> MlflowClient:
     cannot be opened is a one-line :class:`TrackingError`."""
     from mlflow.tracking import MlflowClient
 
+    if _is_http(uri):
+        from hpo.tracking import request_context
+
+        request_context.install()  # half the client's CPU per request (see there)
     with _tracking_errors("opening the tracking store", uri), _creating(uri):
         client = MlflowClient(uri, registry_uri=registry_uri(uri))
         _tune_sqlite(client._tracking_client.store)
