@@ -297,6 +297,7 @@ class _Sender:
             m.model_id = self.progress.get("model_id") or self._call(
                 lambda: self.run_.create_model(m.params, m.tags)
             )
+            m.artifact_location = self.run_.model_locations.get(m.model_id)
             self.progress["model_id"] = m.model_id
             spool.write_progress(self.path, self.progress)
         model_id = m.model_id
@@ -322,6 +323,7 @@ class _Sender:
                 link=link,
                 # Linked with the run's metrics already: only the run's output is left.
                 step_metrics=[] if self.progress.get("metrics_linked") else m.step_metrics,
+                location=m.artifact_location,
             )
 
         def check() -> str | None:

@@ -919,6 +919,9 @@ class TrialRun:
         #: Where the run's artifacts go, when known without asking the store (the sender's
         #: side: from the job).
         self.artifact_uri: str | None = None
+        #: Where the files of the LoggedModels created here go, by model id, as the store's
+        #: answer said (not for SQL stores, whose creation is hpo's own write).
+        self.model_locations: dict[str, str] = {}
 
     @property
     def run_id(self) -> str:
@@ -1045,6 +1048,8 @@ class TrialRun:
             inputs.model_id = self.opened_model_id
         else:
             inputs.model_id = self.create_model_or_none(inputs.params, inputs.tags)
+        if inputs.model_id is not None:
+            inputs.artifact_location = self.model_locations.get(inputs.model_id)
         self._model = inputs
         return f"models:/{inputs.model_id}" if inputs.model_id else None
 
@@ -1069,6 +1074,8 @@ class TrialRun:
                 params=dict(params),
                 tags=dict(tags),
             )
+        # Kept with the job: the sender uploads the model there without asking for it again.
+        self.model_locations[str(logged.model_id)] = str(logged.artifact_location)
         return str(logged.model_id)
 
     def create_model_or_none(
@@ -1187,13 +1194,15 @@ class TrialRun:
         step: int | None = None,
         link: bool = True,
         step_metrics: Sequence[Sequence[Any]] | None = None,
+        location: str | None = None,
     ) -> str:
         """Log the trained model (``pt2``, with signature, input example and ``metadata``); return
         its URI (``models:/m-…``), which :func:`hpo.tracking.models.load_pytorch_model` loads.
         ``model_id``: a LoggedModel created for it already (:meth:`attach_model`); ``link``:
         record it as the run's output (False: the run has that link already); ``step_metrics``:
         the run's metric rows at ``step`` (:attr:`hpo.tracking.spool.ModelInputs.step_metrics`),
-        linked to the model without reading the run back."""
+        linked to the model without reading the run back; ``location``: where that LoggedModel's
+        files go, if known (:attr:`hpo.tracking.spool.ModelInputs.artifact_location`)."""
         from hpo.tracking.models import log_pytorch_model
 
         self.flush()  # the model links the metrics of its step: they must be written
@@ -1215,6 +1224,7 @@ class TrialRun:
                 model_id=model_id,
                 link=link,
                 step_metrics=step_metrics,
+                location=location,
             )
 
     def store_errors(self, what: str) -> Any:

@@ -96,6 +96,9 @@ class ModelInputs:
     #: ``[key, value, step, timestamp_ms]`` rows of every metric the run has at ``step``, which
     #: the model links (None, as in jobs of older versions: MLflow reads them back from the run).
     step_metrics: list[list[Any]] | None = None
+    #: Where the LoggedModel's files go, as its creation answered (a tracking server); None: it
+    #: is asked for when needed (jobs of older versions, SQL stores: one query).
+    artifact_location: str | None = None
 
 
 @dataclass

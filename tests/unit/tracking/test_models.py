@@ -174,9 +174,12 @@ def test_importing_tracking_stays_light() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_a_model_saved_in_place_is_what_model_log_writes(
+def test_a_model_saved_in_place_or_uploaded_is_what_model_log_writes(
     tracker: StudyTracker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """hpo's two ways to log a model whose LoggedModel exists and is linked to its run already
+    (saved in place on a SQLite store with local artifacts; saved and uploaded on any other
+    store, without reading the model back) write what MLflow's ``Model.log`` writes."""
     from mlflow.entities import LoggedModelStatus
 
     from hpo.tracking import models
@@ -185,17 +188,21 @@ def test_a_model_saved_in_place_is_what_model_log_writes(
     X = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     client = tracker.client
 
-    def logged(in_place: bool) -> tuple[str, Path]:
+    def logged(how: str) -> tuple[str, Path]:
         run = tracker.start_trial(0, {"lr": 0.1})
         model_id = run.create_model({"lr": "0.1"}, {"hpo.trial": "0"})
+        location = client.get_logged_model(model_id).artifact_location
         original = models._save_in_place
         took: list[bool] = []
+        reads: list[str] = []
 
         def save_in_place(*args: object, **kwargs: object) -> bool:
-            took.append(in_place and original(*args, **kwargs))  # type: ignore[arg-type]
+            took.append(how == "in_place" and original(*args, **kwargs))  # type: ignore[arg-type]
             return took[-1]
 
         monkeypatch.setattr(models, "_save_in_place", save_in_place)
+        if how == "uploaded":
+            monkeypatch.setattr(type(client), "get_logged_model", lambda _, m: reads.append(m))
         uri = models.log_pytorch_model(
             client,
             model,
@@ -204,34 +211,41 @@ def test_a_model_saved_in_place_is_what_model_log_writes(
             run_id=run.run_id,
             model_id=model_id,
             metadata={"hpo": {"study": "demo"}},
-            step_metrics=[],  # the sender's call: the run's metrics are linked already
+            # The sender's call: the run's metrics are linked already. None: MLflow's Model.log
+            # links the model to the run, reading the run's metrics back.
+            step_metrics=None if how == "model_log" else [],
+            location=location,
         )
         monkeypatch.undo()
-        assert took == [in_place]  # a SQLite store with local artifacts: saved in place
+        assert took == ([] if how == "model_log" else [how == "in_place"])
+        assert reads == []  # the location was given: the model is not read back
         logged = client.get_logged_model(model_id)
         assert uri == f"models:/{model_id}"
         assert logged.status == LoggedModelStatus.READY
         assert [o.model_id for o in client.get_run(run.run_id).outputs.model_outputs] == [model_id]
         return model_id, Path(logged.artifact_location.removeprefix("file://"))
 
-    ours, ours_dir = logged(in_place=True)
-    _, theirs_dir = logged(in_place=False)
+    ours, ours_dir = logged("in_place")
+    uploaded, uploaded_dir = logged("uploaded")
+    _, theirs_dir = logged("model_log")
 
     def files(root: Path) -> list[str]:
         return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
-    assert files(ours_dir) == files(theirs_dir)
+    assert files(ours_dir) == files(theirs_dir) == files(uploaded_dir)
     assert not [p for p in ours_dir.parent.iterdir() if p.name.startswith(".saving-")]
     volatile = ("utc_time_created", "model_uuid", "model_id", "artifact_path", "run_id")
     mlmodels = [
         {k: v for k, v in mlflow.models.Model.load(str(d)).to_dict().items() if k not in volatile}
-        for d in (ours_dir, theirs_dir)
+        for d in (ours_dir, uploaded_dir, theirs_dir)
     ]
-    assert mlmodels[0] == mlmodels[1]
-    assert mlflow.models.Model.load(str(ours_dir)).model_id == ours
-    loaded = load_pytorch_model(f"models:/{ours}", tracking_uri=tracker.tracking_uri)
+    assert mlmodels[0] == mlmodels[1] == mlmodels[2]
     model.eval()
-    with torch.no_grad():
-        np.testing.assert_allclose(
-            loaded(torch.from_numpy(X)).numpy(), model(torch.from_numpy(X)).numpy(), atol=1e-6
-        )
+    for model_id, directory in ((ours, ours_dir), (uploaded, uploaded_dir)):
+        saved = mlflow.models.Model.load(str(directory))
+        assert (saved.model_id, saved.model_uuid) == (model_id, model_id)
+        loaded = load_pytorch_model(f"models:/{model_id}", tracking_uri=tracker.tracking_uri)
+        with torch.no_grad():
+            np.testing.assert_allclose(
+                loaded(torch.from_numpy(X)).numpy(), model(torch.from_numpy(X)).numpy(), atol=1e-6
+            )

@@ -47,6 +47,7 @@ def a_job(run_id: str = "r1", *, with_artifacts: bool = True) -> Job:
             tags={"hpo.trial": "7"},
             step=3,
             model_id="m-123",
+            artifact_location="mlflow-artifacts:/1/models/m-123/artifacts",
         )
         if with_artifacts
         else None,
@@ -70,9 +71,19 @@ def test_a_job_reads_back_as_written(tmp_path: Path) -> None:
     assert back.plots.history == job.plots.history
     assert back.plots.boundary is not None and set(back.plots.boundary) == {"X_train", "y_train"}
     assert back.model.model_id == "m-123" and back.model.family_params == {"depth": 1, "width": 4}
+    assert back.model.artifact_location == "mlflow-artifacts:/1/models/m-123/artifacts"
     for key, tensor in job.model.state_dict.items():
         assert torch.equal(back.model.state_dict[key], tensor), key
     np.testing.assert_array_equal(back.model.example, job.model.example)
+
+
+def test_a_job_of_an_earlier_version_reads_without_the_model_s_location(tmp_path: Path) -> None:
+    path = spool.write_job(a_job(), tmp_path)
+    record = json.loads((path / spool.JOB_FILE).read_text())
+    del record["model"]["artifact_location"]  # jobs spooled before it was kept
+    (path / spool.JOB_FILE).write_text(json.dumps(record))
+    back = spool.read_job(path)
+    assert back.model is not None and back.model.artifact_location is None
 
 
 def test_a_job_is_plain_data(tmp_path: Path) -> None:
