@@ -406,6 +406,10 @@ def test_a_claim_is_one_transaction(
     writes = [i for i, e in enumerate(events) if e in ("INSERT", "UPDATE", "DELETE")]
     assert len(writes) == (3 if beats else 2)  # the trial, its attribute, its heartbeat
     assert "COMMIT" not in events[writes[0] : writes[-1]]
+    assert "SELECT" not in events[writes[-1] :]  # the new trial is not read back
+    # The trial is the one Optuna's Trial(study, id) makes, reading it back.
+    theirs = optuna.Trial(study, trial._trial_id)
+    assert vars(trial) == vars(theirs)
     assert trial.number == 2 and trial._trial_id == backend.get_trial_id_from_study_id_trial_number(
         study._study_id, 2
     )
