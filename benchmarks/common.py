@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hpo.tracking.server import SERVER_OPTIONS, server_env
+from hpo.tracking.server import SERVER_OPTIONS, server_env, store_options
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -213,8 +213,8 @@ def mlflow_server(workdir: Path, timeout: float = 120) -> Iterator[str]:
         "--port",
         str(port),
         *SERVER_OPTIONS,
-        "--backend-store-uri",
-        f"sqlite:///{workdir / 'server.db'}",
+        # hpo's store on the server's database, as hpo runs its servers (hpo.tracking.server).
+        *store_options(f"sqlite:///{workdir / 'server.db'}"),
         "--artifacts-destination",
         str(workdir / "server-artifacts"),
     ]

@@ -686,7 +686,7 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
         raise HpoError(f"--tracking-uri: {uri} is already a tracking server: open it in a browser")
     from hpo.storage import sqlite_lock_file
     from hpo.tracking.runs import absolute_store_uri, open_client
-    from hpo.tracking.server import SERVER_OPTIONS, server_env
+    from hpo.tracking.server import SERVER_OPTIONS, server_env, store_options
 
     uri = absolute_store_uri(uri)
     if sqlite_lock_file(uri) is not None:
@@ -696,7 +696,7 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     env = server_env(os.environ)
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", uri,
+        *store_options(uri),
         "--host", host, "--port", str(port),
         *SERVER_OPTIONS,
     ]  # fmt: skip

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 
-from hpo.tracking.server import SERVER_OPTIONS, server_env
+from hpo.tracking.server import SERVER_OPTIONS, server_env, store_options
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
@@ -59,7 +59,7 @@ class MlflowServer:
         env.pop("MLFLOW_TRACKING_URI", None)
         log = (self.root / "server.log").open("ab")
         where = ["--host", "127.0.0.1", "--port", str(self.port), *SERVER_OPTIONS]
-        stores = ["--backend-store-uri", f"sqlite:///{self.root / 'server.db'}"]
+        stores = [*store_options(f"sqlite:///{self.root / 'server.db'}")]
         stores += ["--artifacts-destination", str(self.root / "server-artifacts")]
         self._proc = subprocess.Popen(
             [MLFLOW, "server", *where, *stores],

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from hpo.tracking.server import SERVER_ENV, SERVER_OPTIONS
+from hpo.tracking.server import PREFIX, SERVER_ENV, SERVER_OPTIONS, store_options
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -206,6 +206,12 @@ def test_mlflow_server_options() -> None:
     env = _services()["mlflow"]["environment"]
     assert {k: env[k] for k in SERVER_ENV} == SERVER_ENV
     assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://")
+    # hpo's store on that database, as hpo.tracking.server.store_options gives it.
+    script = (ROOT / "docker" / "mlflow-server.sh").read_text()
+    assert f'--backend-store-uri "{PREFIX}${{MLFLOW_BACKEND_STORE_URI}}"' in script
+    assert '--registry-store-uri "${MLFLOW_BACKEND_STORE_URI}"' in script
+    database = env["MLFLOW_BACKEND_STORE_URI"]
+    assert store_options(database)[1] == PREFIX + database  # a scheme hpo's store serves
 
 
 def test_worker_runs_the_study_from_a_read_only_mount() -> None:

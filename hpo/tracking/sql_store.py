@@ -46,7 +46,10 @@ def supports(store: Any, tags: Sequence[Any] = ()) -> bool:
     :func:`log_batch`)."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    if type(store) is not SqlAlchemyStore:  # a subclass may write differently
+    from hpo.tracking.server_store import ServerStore
+
+    # A subclass may write differently; hpo's own (the tracking server's) is MLflow's class.
+    if type(store) not in (SqlAlchemyStore, ServerStore):
         return False
     if store.engine.dialect.name not in DIALECTS:
         return False
@@ -296,9 +299,25 @@ def create_logged_model(
 ) -> str:
     """What ``MlflowClient.create_logged_model`` stores (a PENDING LoggedModel), in one
     transaction; return its id (``m-…``)."""
+    return str(new_logged_model(store, experiment_id, name, source_run_id, params, tags).model_id)
+
+
+def new_logged_model(
+    store: Any,
+    experiment_id: str,
+    name: str,
+    source_run_id: str | None,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    model_type: str | None = None,
+) -> Any:
+    """:func:`create_logged_model`, returning the new model as ``SqlAlchemyStore.
+    create_logged_model`` returns it (MLflow's ``LoggedModel`` entity), without reading it back:
+    MLflow reads the experiment with its tags first, and the model's tags, params and metrics
+    after its commit (what a tracking server answers with)."""
     import uuid
 
-    from mlflow.entities import LifecycleStage, LoggedModelStatus
+    from mlflow.entities import LifecycleStage, LoggedModel, LoggedModelStatus
     from mlflow.store.tracking.dbmodels.models import (
         SqlLoggedModel,
         SqlLoggedModelParam,
@@ -313,19 +332,22 @@ def create_logged_model(
     now = get_current_time_millis()
     exp = int(experiment_id)
     with store.ManagedSessionMaker(read_only=False) as session:
-        location = _experiment(session, experiment_id)
+        location = append_to_uri_path(
+            _experiment(session, experiment_id),
+            store.MODELS_FOLDER_NAME,
+            model_id,
+            store.ARTIFACTS_FOLDER_NAME,
+        )
         session.execute(
             SqlLoggedModel.__table__.insert(),
             {
                 "model_id": model_id,
                 "experiment_id": exp,
                 "name": name,
-                "artifact_location": append_to_uri_path(
-                    location, store.MODELS_FOLDER_NAME, model_id, store.ARTIFACTS_FOLDER_NAME
-                ),
+                "artifact_location": location,
                 "creation_timestamp_ms": now,
                 "last_updated_timestamp_ms": now,
-                "model_type": None,
+                "model_type": model_type,
                 "status": LoggedModelStatus.PENDING.to_int(),
                 "lifecycle_stage": LifecycleStage.ACTIVE,
                 "source_run_id": source_run_id,
@@ -348,7 +370,21 @@ def create_logged_model(
                         for k, v in values.items()
                     ],
                 )
-    return model_id
+    return LoggedModel(
+        model_id=model_id,
+        experiment_id=str(exp),
+        name=name,
+        artifact_location=location,
+        creation_timestamp=now,
+        last_updated_timestamp=now,
+        status=LoggedModelStatus.PENDING,
+        model_type=model_type,
+        source_run_id=source_run_id,
+        status_message=None,
+        tags={str(k): str(v) for k, v in tags.items()} or None,
+        params={str(k): str(v) for k, v in params.items()} or None,
+        metrics=None,
+    )
 
 
 def logged_model_location(store: Any, model_id: str) -> str | None:

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from hpo.storage import open_storage
-from hpo.tracking.server import SERVER_OPTIONS, server_env
+from hpo.tracking.server import SERVER_OPTIONS, server_env, store_options
 from tests.conftest import PG_ADMIN_DSN
 
 SPEC = """\
@@ -169,7 +169,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-            "--backend-store-uri", f"{base}/{names[1]}",
+            *store_options(f"{base}/{names[1]}"),
             "--artifacts-destination", str(root / "artifacts"),
             "--host", "127.0.0.1", "--port", str(port), *SERVER_OPTIONS,
         ],

@@ -254,7 +254,9 @@ def test_ui_makes_a_new_sqlite_store_under_its_lock_before_the_server_starts(
     holder.wait()
     db = tmp_path / "mlflow.db"
     assert cmd[1:4] == ["-m", "mlflow", "server"], out
-    assert cmd[cmd.index("--backend-store-uri") + 1] == f"sqlite:///{db}"
+    # hpo's store on it (hpo.tracking.server_store), the model registry on MLflow's own.
+    assert cmd[cmd.index("--backend-store-uri") + 1] == f"hpo+sqlite:///{db}"
+    assert cmd[cmd.index("--registry-store-uri") + 1] == f"sqlite:///{db}"
     assert waited >= 1.0, "the store was opened while another process held its lock"
     tables = {row[0] for row in sqlite3.connect(db).execute("select name from sqlite_master")}
     assert {"experiments", "runs", "alembic_version"} <= tables

@@ -1,0 +1,75 @@
+"""The tracking server's store: MLflow's ``SqlAlchemyStore`` with hpo's one-transaction
+``log_batch`` (:mod:`hpo.tracking.sql_store`), for ``mlflow server`` as hpo runs it.
+
+Workers that log to a tracking server cannot write SQL themselves; the server does it for them,
+through MLflow's ORM. Its ``log_batch`` was 28 % of the server's CPU samples over the reference
+trials (py-spy, ``benchmarks/overhead.py``'s HTTP side): a session per kind of value, the run
+loaded in each, one object at a time. On 2 cores that CPU is taken from the training.
+
+``mlflow server`` finds this store through MLflow's plugin entry points (``pyproject.toml``,
+group ``mlflow.tracking_store``: :func:`hpo.tracking.server.tracking_store`) when its backend
+store URI is the database's with ``hpo+`` in front (:func:`hpo.tracking.server.server_store_uri`:
+``hpo+sqlite:///…``, ``hpo+postgresql+psycopg://…``). The
+database is the same, with the same tables and rows: any MLflow client or server can use it, and
+a server given the plain URI is MLflow's own. The model registry keeps the plain URI
+(``--registry-store-uri``). Everything but ``log_batch`` is MLflow's, as is ``log_batch`` itself
+for a batch :func:`hpo.tracking.sql_store.supports` leaves to MLflow (``mlflow.*`` tags).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+from hpo.tracking.server import database_uri
+
+
+class ServerStore(SqlAlchemyStore):
+    """MLflow's ``SqlAlchemyStore`` on the database of ``store_uri`` (with or without
+    :data:`hpo.tracking.server.PREFIX`), whose ``log_batch`` and ``create_logged_model`` are :mod:`hpo.tracking.sql_store`'s."""
+
+    def __init__(self, store_uri: str, default_artifact_root: str | None = None) -> None:
+        super().__init__(database_uri(store_uri), default_artifact_root)
+
+    def log_batch(
+        self, run_id: str, metrics: Sequence[Any], params: Sequence[Any], tags: Sequence[Any]
+    ) -> None:
+        """MLflow's ``log_batch``, in one transaction where :mod:`hpo.tracking.sql_store`
+        writes it."""
+        from hpo.tracking import sql_store
+
+        if sql_store.supports(self, tags):
+            sql_store.log_batch(self, run_id, metrics=metrics, params=params, tags=tags)
+        else:
+            super().log_batch(run_id, metrics, params, tags)
+
+    def create_logged_model(
+        self,
+        experiment_id: str,
+        name: str | None = None,
+        source_run_id: str | None = None,
+        tags: Sequence[Any] | None = None,
+        params: Sequence[Any] | None = None,
+        model_type: str | None = None,
+    ) -> Any:
+        """MLflow's ``create_logged_model``, in one transaction without reading the model back
+        (:func:`hpo.tracking.sql_store.new_logged_model`); MLflow's own for a model without a
+        name (MLflow makes one up) or with a key given twice (MLflow refuses it)."""
+        from hpo.tracking import sql_store
+
+        tag_map = {t.key: t.value for t in tags or ()}
+        param_map = {p.key: p.value for p in params or ()}
+        if (
+            name is None
+            or len(tag_map) != len(tags or ())
+            or len(param_map) != len(params or ())
+            or not sql_store.supports(self)
+        ):
+            return super().create_logged_model(
+                experiment_id, name, source_run_id, list(tags or ()), list(params or ()), model_type
+            )
+        return sql_store.new_logged_model(
+            self, experiment_id, name, source_run_id, param_map, tag_map, model_type
+        )

@@ -1,0 +1,121 @@
+"""hpo.tracking.server_store: the tracking server's store, MLflow's with hpo's log_batch and
+create_logged_model; found by MLflow's registry for the ``hpo+`` URIs hpo runs its servers with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mlflow.entities import LoggedModelParameter, LoggedModelTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+from hpo.tracking import sql_store
+from hpo.tracking.server import database_uri, server_store_uri
+from hpo.tracking.server_store import ServerStore
+
+T0 = 1_700_000_000_000
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def uri(request: pytest.FixtureRequest, tracking_uri: str) -> str:
+    """A database made by hpo (its tables), plain."""
+    from hpo.tracking.runs import open_client
+
+    plain = tracking_uri if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    open_client(plain)
+    return str(plain)
+
+
+def test_the_hpo_uris_are_built_by_mlflows_registry(uri: str, tmp_path: Any) -> None:
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    served = server_store_uri(uri)
+    assert served == "hpo+" + uri and database_uri(served) == uri
+    store = _tracking_store_registry.get_store(served, str(tmp_path))
+    assert type(store) is ServerStore and store.db_uri == uri
+    assert sql_store.supports(store)
+    # Any other store is left as it is.
+    assert server_store_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert server_store_uri("file:///tmp/mlruns") == "file:///tmp/mlruns"
+
+
+def _rows(store: SqlAlchemyStore, run_id: str) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    histories = {
+        key: sorted((m.step, m.timestamp, m.value) for m in store.get_metric_history(run_id, key))
+        for key in run.data.metrics
+    }
+    tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    return {
+        "latest": run.data.metrics,
+        "params": run.data.params,
+        "tags": tags,
+        "histories": histories,
+        "name": run.info.run_name,
+    }
+
+
+def test_log_batch_stores_what_mlflows_stores(uri: str, tmp_path: Any) -> None:
+    ours, theirs = (
+        ServerStore(server_store_uri(uri), str(tmp_path)),
+        SqlAlchemyStore(uri, str(tmp_path)),
+    )
+    exp = theirs.create_experiment("e")
+    runs = {
+        side: store.create_run(exp, "u", T0, [], "r").info.run_id
+        for side, store in (("ours", ours), ("theirs", theirs))
+    }
+    metrics = [Metric("loss", 1.0 / s, T0 + s, s) for s in range(1, 4)]
+    metrics.append(Metric("loss", 0.5, T0 + 2, 2))  # a repeat: stored once
+    batch = (metrics, [Param("lr", "0.1")], [RunTag("hpo.state", "COMPLETE")])
+    for _ in range(2):  # a batch sent twice
+        ours.log_batch(runs["ours"], *batch)
+        theirs.log_batch(runs["theirs"], *batch)
+    # A run's name is a column too: that batch goes through MLflow's own log_batch.
+    renamed = ([], [], [RunTag("mlflow.runName", "renamed")])
+    ours.log_batch(runs["ours"], *renamed)
+    theirs.log_batch(runs["theirs"], *renamed)
+    assert _rows(theirs, runs["ours"]) == _rows(theirs, runs["theirs"])
+    assert _rows(theirs, runs["ours"])["name"] == "renamed"
+    # What MLflow refuses is refused with its message.
+    with pytest.raises(MlflowException, match="Changing param values is not allowed"):
+        ours.log_batch(runs["ours"], [], [Param("lr", "0.2")], [])
+
+
+def test_create_logged_model_answers_what_mlflow_answers(uri: str, tmp_path: Any) -> None:
+    ours, theirs = (
+        ServerStore(server_store_uri(uri), str(tmp_path)),
+        SqlAlchemyStore(uri, str(tmp_path)),
+    )
+    exp = theirs.create_experiment("e")
+    run_id = theirs.create_run(exp, "u", T0, [], "r").info.run_id
+    args = dict(
+        name="model",
+        source_run_id=run_id,
+        tags=[LoggedModelTag("hpo.trial", "1")],
+        params=[LoggedModelParameter("lr", "0.1")],
+        model_type="classifier",
+    )
+    made = {"ours": ours.create_logged_model(exp, **args)}
+    made["theirs"] = theirs.create_logged_model(exp, **args)
+
+    def answer(model: Any) -> dict[str, Any]:
+        fields = model.to_dictionary()
+        for key in ("model_id", "creation_timestamp", "last_updated_timestamp"):
+            fields.pop(key)
+        fields["artifact_location"] = model.artifact_location.replace(model.model_id, "<id>")
+        return fields
+
+    assert answer(made["ours"]) == answer(made["theirs"])
+    # What the answer said is what a read finds.
+    assert answer(theirs.get_logged_model(made["ours"].model_id)) == answer(made["ours"])
+    assert made["ours"].to_proto() is not None  # what a server sends back
+    # No name (MLflow makes one up) and repeated keys go through MLflow's own.
+    unnamed = ours.create_logged_model(exp)
+    assert unnamed.name and theirs.get_logged_model(unnamed.model_id).name == unnamed.name
+    twice = [LoggedModelTag("k", "1"), LoggedModelTag("k", "2")]
+    with pytest.raises(Exception):  # noqa: B017 - MLflow's own refusal, whatever its type
+        theirs.create_logged_model(exp, name="m", tags=twice)
+    with pytest.raises(Exception):  # noqa: B017
+        ours.create_logged_model(exp, name="m", tags=twice)
