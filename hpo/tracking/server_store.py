@@ -28,7 +28,8 @@ from hpo.tracking.server import database_uri
 
 class ServerStore(SqlAlchemyStore):
     """MLflow's ``SqlAlchemyStore`` on the database of ``store_uri`` (with or without
-    :data:`hpo.tracking.server.PREFIX`), whose ``log_batch`` and ``create_logged_model`` are :mod:`hpo.tracking.sql_store`'s."""
+    :data:`hpo.tracking.server.PREFIX`), whose ``log_batch``, ``create_logged_model`` and ``log_outputs`` are
+    :mod:`hpo.tracking.sql_store`'s."""
 
     def __init__(self, store_uri: str, default_artifact_root: str | None = None) -> None:
         super().__init__(database_uri(store_uri), default_artifact_root)
@@ -73,3 +74,14 @@ class ServerStore(SqlAlchemyStore):
         return sql_store.new_logged_model(
             self, experiment_id, name, source_run_id, param_map, tag_map, model_type
         )
+
+    def log_outputs(self, run_id: str, models: Sequence[Any]) -> None:
+        """MLflow's ``log_outputs``; one model (what a worker logs) in one statement after one
+        read of the run's stage (:func:`hpo.tracking.sql_store.log_model_output`), where MLflow
+        loads the run with its params and tags."""
+        from hpo.tracking import sql_store
+
+        if len(models) == 1 and sql_store.supports(self):
+            sql_store.log_model_output(self, run_id, models[0].model_id, models[0].step)
+        else:
+            super().log_outputs(run_id, list(models))

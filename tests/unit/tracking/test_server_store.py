@@ -119,3 +119,28 @@ def test_create_logged_model_answers_what_mlflow_answers(uri: str, tmp_path: Any
         theirs.create_logged_model(exp, name="m", tags=twice)
     with pytest.raises(Exception):  # noqa: B017
         ours.create_logged_model(exp, name="m", tags=twice)
+
+
+def test_a_model_output_is_logged_as_mlflow_logs_it(uri: str, tmp_path: Any) -> None:
+    from mlflow.entities import LoggedModelOutput
+
+    ours, theirs = (
+        ServerStore(server_store_uri(uri), str(tmp_path)),
+        SqlAlchemyStore(uri, str(tmp_path)),
+    )
+    exp = theirs.create_experiment("e")
+    outputs = {}
+    for side, store in (("ours", ours), ("theirs", theirs)):
+        run_id = store.create_run(exp, "u", T0, [], side).info.run_id
+        model_id = store.create_logged_model(exp, name="model", source_run_id=run_id).model_id
+        store.log_outputs(run_id, [LoggedModelOutput(model_id, 7)])
+        got = theirs.get_run(run_id).outputs.model_outputs
+        outputs[side] = [(o.model_id == model_id, o.step) for o in got]
+        # Two at once go through MLflow's own, in one transaction.
+        two = [store.create_logged_model(exp, name="m", source_run_id=run_id) for _ in "ab"]
+        store.log_outputs(run_id, [LoggedModelOutput(m.model_id, 8) for m in two])
+        assert len(theirs.get_run(run_id).outputs.model_outputs) == 3
+        theirs.delete_run(run_id)
+        with pytest.raises(MlflowException, match="active"):  # MLflow's refusal, deleted run
+            store.log_outputs(run_id, [LoggedModelOutput(model_id, 10)])
+    assert outputs["ours"] == outputs["theirs"] == [(True, 7)]
