@@ -28,7 +28,7 @@ from hpo.tracking.server import database_uri
 
 class ServerStore(SqlAlchemyStore):
     """MLflow's ``SqlAlchemyStore`` on the database of ``store_uri`` (with or without
-    :data:`hpo.tracking.server.PREFIX`), whose ``log_batch``, ``create_logged_model`` and ``log_outputs`` are
+    :data:`hpo.tracking.server.PREFIX`), whose ``log_batch``, ``create_run``, ``create_logged_model`` and ``log_outputs`` are
     :mod:`hpo.tracking.sql_store`'s."""
 
     def __init__(self, store_uri: str, default_artifact_root: str | None = None) -> None:
@@ -45,6 +45,35 @@ class ServerStore(SqlAlchemyStore):
             sql_store.log_batch(self, run_id, metrics=metrics, params=params, tags=tags)
         else:
             super().log_batch(run_id, metrics, params, tags)
+
+    def create_run(
+        self,
+        experiment_id: str,
+        user_id: str,
+        start_time: int,
+        tags: Sequence[Any],
+        run_name: str | None,
+    ) -> Any:
+        """MLflow's ``create_run``, in one transaction without reading the run back
+        (:func:`hpo.tracking.sql_store.new_run`); MLflow's own for a run without a name (MLflow
+        makes one up), a tag given twice, or one MLflow's checks would change."""
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+        from mlflow.utils.validation import _validate_tag
+
+        from hpo.tracking import sql_store
+
+        tag_map = {t.key: t.value for t in tags or ()}
+        name = run_name or tag_map.get(MLFLOW_RUN_NAME)
+        if (
+            not name
+            or len(tag_map) != len(tags or ())
+            or not sql_store.supports(self)
+            or any(_kept(_validate_tag(k, v)) != (k, v) for k, v in tag_map.items())
+        ):
+            return super().create_run(
+                experiment_id, user_id, start_time, list(tags or ()), run_name
+            )
+        return sql_store.new_run(self, experiment_id, name, tag_map, user_id, start_time)
 
     def create_logged_model(
         self,
@@ -85,3 +114,8 @@ class ServerStore(SqlAlchemyStore):
             sql_store.log_model_output(self, run_id, models[0].model_id, models[0].step)
         else:
             super().log_outputs(run_id, list(models))
+
+
+def _kept(tag: Any) -> tuple[str, str]:
+    """A tag as MLflow's checks leave it (a value over its limit cut)."""
+    return tag.key, tag.value

@@ -240,13 +240,39 @@ def create_run(
     one transaction; return the run's ``(id, artifact URI)``. The run's name is also its
     ``mlflow.runName`` tag, and its user the ``mlflow.user`` tag or ``unknown``, as MLflow
     makes them."""
+    from mlflow.utils.mlflow_tags import MLFLOW_USER
+
+    run = new_run(store, experiment_id, run_name, tags, tags.get(MLFLOW_USER, "unknown"), None)
+    return run.info.run_id, run.info.artifact_uri
+
+
+def new_run(
+    store: Any,
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    user_id: str,
+    start_time: int | None,
+) -> Any:
+    """:func:`create_run` with the run's ``user_id`` and ``start_time`` (None: now), returning
+    the new run as ``SqlAlchemyStore.create_run`` returns it (MLflow's ``Run`` entity), without
+    reading it back: MLflow reads the experiment with its tags first, and the run's tags,
+    params, metrics and inputs after inserting it (what a tracking server answers with)."""
     import uuid
 
-    from mlflow.entities import LifecycleStage, RunStatus, SourceType
+    from mlflow.entities import (
+        LifecycleStage,
+        Run,
+        RunData,
+        RunInfo,
+        RunInputs,
+        RunStatus,
+        SourceType,
+    )
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
     from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
-    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
     from mlflow.utils.time import get_current_time_millis
     from mlflow.utils.uri import append_to_uri_path
     from mlflow.utils.validation import _validate_tag
@@ -260,6 +286,7 @@ def create_run(
         )
     rows = {k: _validate_tag(k, v) for k, v in {**tags, MLFLOW_RUN_NAME: run_name}.items()}
     run_id = uuid.uuid4().hex
+    started = get_current_time_millis() if start_time is None else int(start_time)
     with store.ManagedSessionMaker(read_only=False) as session:
         location = _experiment(session, experiment_id)
         artifact_uri = append_to_uri_path(location, run_id, store.ARTIFACTS_FOLDER_NAME)
@@ -273,9 +300,9 @@ def create_run(
                 "source_type": SourceType.to_string(SourceType.UNKNOWN),
                 "source_name": "",
                 "entry_point_name": "",
-                "user_id": tags.get(MLFLOW_USER, "unknown"),
+                "user_id": user_id,
                 "status": RunStatus.to_string(RunStatus.RUNNING),
-                "start_time": get_current_time_millis(),
+                "start_time": started,
                 "end_time": None,
                 "deleted_time": None,
                 "source_version": "",
@@ -286,7 +313,18 @@ def create_run(
             SqlTag.__table__.insert(),
             [{"run_uuid": run_id, "key": t.key, "value": t.value} for t in rows.values()],
         )
-    return run_id, artifact_uri
+    info = RunInfo(
+        run_id=run_id,
+        experiment_id=str(experiment_id),
+        user_id=user_id,
+        status=RunStatus.to_string(RunStatus.RUNNING),
+        start_time=started,
+        end_time=None,
+        lifecycle_stage=LifecycleStage.ACTIVE,
+        artifact_uri=artifact_uri,
+        run_name=run_name,
+    )
+    return Run(info, RunData(tags=list(rows.values())), RunInputs(dataset_inputs=[]))
 
 
 def create_logged_model(

@@ -144,3 +144,35 @@ def test_a_model_output_is_logged_as_mlflow_logs_it(uri: str, tmp_path: Any) -> 
         with pytest.raises(MlflowException, match="active"):  # MLflow's refusal, deleted run
             store.log_outputs(run_id, [LoggedModelOutput(model_id, 10)])
     assert outputs["ours"] == outputs["theirs"] == [(True, 7)]
+
+
+def test_create_run_answers_what_mlflow_answers(uri: str, tmp_path: Any) -> None:
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    ours = ServerStore(server_store_uri(uri), str(tmp_path))
+    theirs = SqlAlchemyStore(uri, str(tmp_path))
+    exp = theirs.create_experiment("e")
+
+    def answer(run: Any) -> dict[str, Any]:
+        fields = run.to_dictionary()
+        run_id = fields["info"].pop("run_id")
+        fields["info"].pop("run_uuid", None)
+        fields["info"]["artifact_uri"] = fields["info"]["artifact_uri"].replace(run_id, "<id>")
+        return fields
+
+    tags = [RunTag("mlflow.parentRunId", "p" * 32), RunTag("hpo.trial", "3")]
+    for run_name, extra in (("trial-0003", []), (None, [RunTag(MLFLOW_RUN_NAME, "named")])):
+        made = [s.create_run(exp, "ann", T0 + 5, tags + extra, run_name) for s in (ours, theirs)]
+        assert answer(made[0]) == answer(made[1])
+        # What the answer said is what a read finds, and the run takes what a run takes.
+        read = answer(theirs.get_run(made[0].info.run_id))
+        assert read.pop("outputs") == {"model_outputs": []}  # a read has them, create's answer not
+        assert read == answer(made[0])
+        ours.log_batch(made[0].info.run_id, [Metric("loss", 1.0, T0, 0)], [], [])
+        assert made[0].to_proto() is not None  # what a server sends back
+    # No name (MLflow makes one up), or two different ones (MLflow refuses), go through
+    # MLflow's own.
+    unnamed = ours.create_run(exp, "ann", T0, [], None)
+    assert unnamed.info.run_name and theirs.get_run(unnamed.info.run_id).info.run_name
+    with pytest.raises(MlflowException, match="different values"):
+        ours.create_run(exp, "ann", T0, [RunTag(MLFLOW_RUN_NAME, "a")], "b")
