@@ -27,8 +27,8 @@ INI
 export MLFLOW_AUTH_CONFIG_PATH="$config"
 
 # hpo's store on the runs' database (hpo.tracking.server.store_options): MLflow's, with hpo's
-# one-transaction log_batch and create_logged_model, a third less server CPU per trial. The model
-# registry stays on MLflow's own store of the same database.
+# one-transaction writes of metric batches, runs and LoggedModels, a third less server CPU per
+# trial. The model registry stays on MLflow's own store of the same database.
 exec mlflow server \
   --backend-store-uri "hpo+${MLFLOW_BACKEND_STORE_URI}" \
   --registry-store-uri "${MLFLOW_BACKEND_STORE_URI}" \

@@ -147,7 +147,7 @@ def _trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
     """``optuna.Trial(study, frozen._trial_id)`` for the trial just created as ``frozen``,
     without reading it back: ``Trial.__init__`` reads it through the ORM (the cache keeps only
     finished trials), 1.8 ms per trial. The same attributes, set as Optuna 5.0's ``__init__``
-    sets them (``tests/unit/test_trial_writes.py`` compares them with Optuna's own)."""
+    sets them (``tests/unit/test_worker.py`` compares them with Optuna's own)."""
     from optuna import pruners
 
     trial = optuna.Trial.__new__(optuna.Trial)

@@ -14,9 +14,9 @@ Measured on 2 cores (``mlflow server`` 3.17, the reference trial logged over HTT
   other workers' calls. MLflow 3.17 warns that it recommends uvicorn; the endpoints only its
   FastAPI app serves (OpenTelemetry traces, the AI gateway, jobs) are not used by hpo.
 * hpo's store on the server's database (:func:`store_options`,
-  :mod:`hpo.tracking.server_store`): MLflow's, with hpo's one-transaction ``log_batch`` and
-  ``create_logged_model``. The server's CPU per reference trial 88-99 → 60-64 ms, the send of a
-  run 116-125 → 86-101 ms (alternating runs of a ``/tmp`` script, 10 trials each).
+  :mod:`hpo.tracking.server_store`): MLflow's, with hpo's one-transaction ``log_batch``,
+  ``create_run``, ``create_logged_model`` and one model's ``log_outputs``. The server's CPU per
+  reference trial 88-122 → 50-83 ms (alternating runs of a ``/tmp`` script, 10 trials each).
 """
 
 from __future__ import annotations

@@ -1,19 +1,21 @@
-"""The tracking server's store: MLflow's ``SqlAlchemyStore`` with hpo's one-transaction
-``log_batch`` (:mod:`hpo.tracking.sql_store`), for ``mlflow server`` as hpo runs it.
+"""The tracking server's store: MLflow's ``SqlAlchemyStore`` with hpo's one-transaction writes
+(:mod:`hpo.tracking.sql_store`), for ``mlflow server`` as hpo runs it.
 
 Workers that log to a tracking server cannot write SQL themselves; the server does it for them,
 through MLflow's ORM. Its ``log_batch`` was 28 % of the server's CPU samples over the reference
-trials (py-spy, ``benchmarks/overhead.py``'s HTTP side): a session per kind of value, the run
-loaded in each, one object at a time. On 2 cores that CPU is taken from the training.
+trials (py-spy, ``benchmarks/overhead.py``'s HTTP side), ``create_logged_model`` and
+``create_run`` (which read the experiment with its tags first and the new row back after) next:
+a session per kind of value, one object at a time. On 2 cores that CPU is taken from training.
 
 ``mlflow server`` finds this store through MLflow's plugin entry points (``pyproject.toml``,
 group ``mlflow.tracking_store``: :func:`hpo.tracking.server.tracking_store`) when its backend
 store URI is the database's with ``hpo+`` in front (:func:`hpo.tracking.server.server_store_uri`:
-``hpo+sqlite:///…``, ``hpo+postgresql+psycopg://…``). The
-database is the same, with the same tables and rows: any MLflow client or server can use it, and
-a server given the plain URI is MLflow's own. The model registry keeps the plain URI
-(``--registry-store-uri``). Everything but ``log_batch`` is MLflow's, as is ``log_batch`` itself
-for a batch :func:`hpo.tracking.sql_store.supports` leaves to MLflow (``mlflow.*`` tags).
+``hpo+sqlite:///…``, ``hpo+postgresql+psycopg://…``). The database is the same, with the same
+tables and rows: any MLflow client or server can use it, and a server given the plain URI is
+MLflow's own. The model registry keeps the plain URI (``--registry-store-uri``). Everything but
+``log_batch``, ``create_run``, ``create_logged_model`` and one model's ``log_outputs`` is
+MLflow's, as are those for what :mod:`hpo.tracking.sql_store` leaves to MLflow (``mlflow.*``
+tags in a batch, a run or model without a name, a key given twice).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from hpo.tracking.server import database_uri
 
 class ServerStore(SqlAlchemyStore):
     """MLflow's ``SqlAlchemyStore`` on the database of ``store_uri`` (with or without
-    :data:`hpo.tracking.server.PREFIX`), whose ``log_batch``, ``create_run``, ``create_logged_model`` and ``log_outputs`` are
-    :mod:`hpo.tracking.sql_store`'s."""
+    :data:`hpo.tracking.server.PREFIX`, a SQLite or PostgreSQL database: what
+    :func:`hpo.tracking.sql_store.supports` takes), whose ``log_batch``, ``create_run``,
+    ``create_logged_model`` and ``log_outputs`` are :mod:`hpo.tracking.sql_store`'s."""
 
     def __init__(self, store_uri: str, default_artifact_root: str | None = None) -> None:
         super().__init__(database_uri(store_uri), default_artifact_root)
@@ -62,12 +65,11 @@ class ServerStore(SqlAlchemyStore):
 
         from hpo.tracking import sql_store
 
-        tag_map = {t.key: t.value for t in tags or ()}
-        name = run_name or tag_map.get(MLFLOW_RUN_NAME)
+        tag_map = _by_key(tags)
+        name = run_name or (tag_map or {}).get(MLFLOW_RUN_NAME)
         if (
             not name
-            or len(tag_map) != len(tags or ())
-            or not sql_store.supports(self)
+            or tag_map is None
             or any(_kept(_validate_tag(k, v)) != (k, v) for k, v in tag_map.items())
         ):
             return super().create_run(
@@ -89,14 +91,8 @@ class ServerStore(SqlAlchemyStore):
         name (MLflow makes one up) or with a key given twice (MLflow refuses it)."""
         from hpo.tracking import sql_store
 
-        tag_map = {t.key: t.value for t in tags or ()}
-        param_map = {p.key: p.value for p in params or ()}
-        if (
-            name is None
-            or len(tag_map) != len(tags or ())
-            or len(param_map) != len(params or ())
-            or not sql_store.supports(self)
-        ):
+        tag_map, param_map = _by_key(tags), _by_key(params)
+        if name is None or tag_map is None or param_map is None:
             return super().create_logged_model(
                 experiment_id, name, source_run_id, list(tags or ()), list(params or ()), model_type
             )
@@ -110,10 +106,17 @@ class ServerStore(SqlAlchemyStore):
         loads the run with its params and tags."""
         from hpo.tracking import sql_store
 
-        if len(models) == 1 and sql_store.supports(self):
+        if len(models) == 1:
             sql_store.log_model_output(self, run_id, models[0].model_id, models[0].step)
         else:
             super().log_outputs(run_id, list(models))
+
+
+def _by_key(items: Sequence[Any] | None) -> dict[str, str] | None:
+    """Tags or params (``.key``, ``.value``) by key; None if a key is given twice (MLflow's own
+    write refuses that)."""
+    by_key = {item.key: item.value for item in items or ()}
+    return by_key if len(by_key) == len(items or ()) else None
 
 
 def _kept(tag: Any) -> tuple[str, str]:
