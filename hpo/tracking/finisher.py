@@ -589,7 +589,8 @@ class Finisher:
         return done
 
     def drain(self) -> list[Sent]:
-        """Wait until every submitted job was sent (or given up on); stop the process.
+        """Wait until every submitted job was sent (or given up on); stop the process; remove
+        the study's spool directory if nothing is left in it.
 
         Ctrl-C stops the wait: the background process is stopped, and the jobs it had not sent
         stay in the spool (``hpo sync``).
@@ -597,7 +598,9 @@ class Finisher:
         self._orphaned()
         proc = self._proc
         if proc is None:
-            return self.poll()
+            done = self.poll()
+            spool.remove_empty(self.tracker.study_name)
+            return done
         try:
             if proc.stdin is not None:
                 with contextlib.suppress(OSError):
@@ -624,6 +627,7 @@ class Finisher:
                 f"{self.tracker.study_name}` sends them"
             )
             self._pending.clear()
+        spool.remove_empty(self.tracker.study_name)
         return done
 
     def stop(self) -> None:
@@ -774,6 +778,7 @@ def sync_spool(study_name: str, tracker: StudyTracker, *, outage: float = 30.0) 
     (``hpo sync``); a store that is away is waited for up to ``outage`` seconds in all."""
     finisher = Finisher(tracker, background=False, outage=outage)
     sent = [finisher.submit(path) for path in spool.list_jobs(study_name)]
+    spool.remove_empty(study_name)
     return [s for s in sent if s is not None]
 
 

@@ -26,6 +26,7 @@ import functools
 import os
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,14 +223,18 @@ def _save_in_place(
         artifact_path=location, model_uuid=model_id, metadata=metadata, model_id=model_id
     )
     target.parent.mkdir(parents=True, exist_ok=True)
+    # Saved under a name of its own next to the target (the flavor makes the directory), then
+    # renamed: no temporary directory around it (a directory made and removed per model).
+    saved = target.parent / f".saving-{uuid.uuid4().hex}"
     try:
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".saving-") as tmp:
-            saved = Path(tmp) / "model"
+        try:
             flavor.save_model(path=str(saved), mlflow_model=mlflow_model, **save_args)
             if target.exists():  # an earlier attempt got this far: its files are replaced
                 shutil.copytree(saved, target, dirs_exist_ok=True)
             else:
                 saved.rename(target)
+        finally:
+            shutil.rmtree(saved, ignore_errors=True)
         sql_store.finalize_logged_model(store, model_id, LoggedModelStatus.READY)
     except Exception:
         with contextlib.suppress(Exception):

@@ -20,7 +20,13 @@ twice (:mod:`hpo.tracking.finisher`).
 
 The spool is ``$HPO_SPOOL_DIR``, else ``.hpo-spool`` in the working directory (where the default
 stores are). A job is written to a temporary directory and renamed into place, so a reader sees
-whole jobs only; one process at a time works on a job (``flock`` on its ``.lock`` file).
+whole jobs only; one process at a time works on a job (``flock`` on its ``job.json``).
+
+Files are few on purpose: creating one (or a directory) cost 0.4-0.6 ms of CPU on this project's
+ext4 machines, against 0.01 ms to append to one that exists. A job's progress is therefore one
+file appended to (``progress.log``), not a file written and renamed per step; its lock is the
+job file itself, not a file of its own; and a study's directory stays while the study runs
+(:func:`remove_empty` at the end), not removed after each job and made again for the next.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ import os
 import re
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -46,8 +51,10 @@ DEFAULT_SPOOL_DIR = ".hpo-spool"
 JOB_FILE = "job.json"
 ARRAYS_FILE = "arrays.npz"
 STATE_DICT_FILE = "model.pt"
+#: A job's progress: one JSON record per line, appended; the last whole line holds.
+PROGRESS_LOG = "progress.log"
+#: Where jobs of versions before 2026-12-08 kept their progress (one JSON record, replaced).
 PROGRESS_FILE = "progress.json"
-LOCK_FILE = ".lock"
 #: Bumped when the format changes; a job of another version is refused with a clear message.
 FORMAT_VERSION = 1
 
@@ -135,9 +142,8 @@ class Job:
 def write_job(job: Job, root: Path | None = None) -> Path:
     """Write ``job`` under the study's spool directory, atomically; return its directory."""
     directory = study_spool(job.study, root)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     final = directory / job.run_id
-    tmp = Path(tempfile.mkdtemp(prefix=f".{job.run_id}-", dir=directory))
+    tmp = _new_directory(directory, prefix=f".{job.run_id}-")
     try:
         arrays: dict[str, np.ndarray] = {}
         # Fields as they are, not dataclasses.asdict: that deep-copies every value first, the
@@ -180,6 +186,20 @@ def write_job(job: Job, root: Path | None = None) -> Path:
         raise
     job.path = final
     return final
+
+
+def _new_directory(directory: Path, prefix: str) -> Path:
+    """A new temporary directory in ``directory`` (made if missing)."""
+    for attempt in range(3):
+        try:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+        except FileNotFoundError:
+            # Missing, or removed (empty) by remove_empty() in another process since the last
+            # look: made again.
+            if attempt == 2:
+                raise
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raise AssertionError("unreachable")
 
 
 def _fields(obj: Any, exclude: Sequence[str]) -> dict[str, Any]:
@@ -255,24 +275,47 @@ def list_jobs(study_name: str, root: Path | None = None) -> list[Path]:
 def read_progress(path: Path) -> dict[str, Any]:
     """What was already done of the job at ``path`` (``{"done": [step, …], …}``)."""
     try:
+        lines = (path / PROGRESS_LOG).read_bytes().splitlines()
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        # A line cut short (a crash while it was appended) does not parse: the one before holds.
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            return record
+    try:  # a job written by an older version
         return dict(json.loads((path / PROGRESS_FILE).read_text()))
     except (OSError, ValueError):
         return {"done": []}
 
 
 def write_progress(path: Path, progress: Mapping[str, Any]) -> None:
-    """Record the job's progress (atomically: a crash leaves the old record or the new one)."""
-    tmp = path / f".{PROGRESS_FILE}.{uuid.uuid4().hex}"
-    tmp.write_text(json.dumps(progress, default=_json_default))
-    tmp.replace(path / PROGRESS_FILE)
+    """Record the job's progress: one line appended to its log (a crash leaves the old record
+    or the new one: a line cut short is skipped when read)."""
+    line = b"\n" + json.dumps(progress, default=_json_default).encode() + b"\n"
+    # The leading newline ends a line an earlier crash may have cut short; empty lines are
+    # skipped when read.
+    fd = os.open(path / PROGRESS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[bool]:
     """Hold the job's lock while the block runs; yields False (and holds nothing) when another
-    process has it, or the job is gone."""
+    process has it, or the job is gone.
+
+    The lock is ``flock`` on the job file. A job removed and written again under the same name
+    (a run that ended twice) is a new file: holding the old one's lock is not holding the job's,
+    so the lock counts only while the name still leads to the locked file.
+    """
     try:
-        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path / JOB_FILE, os.O_RDONLY)
     except FileNotFoundError:
         yield False
         return
@@ -284,18 +327,28 @@ def locked(path: Path) -> Iterator[bool]:
                 yield False
                 return
             raise
-        yield (path / JOB_FILE).exists()
+        try:
+            current = os.stat(path / JOB_FILE).st_ino
+        except FileNotFoundError:
+            current = None
+        yield current == os.fstat(fd).st_ino
     finally:
         os.close(fd)
 
 
 def remove_job(path: Path) -> None:
-    """Delete a job that was sent, and its study directory once empty."""
+    """Delete a job that was sent (its study's directory stays: :func:`remove_empty`)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_empty(study_name: str, root: Path | None = None) -> None:
+    """Remove the study's spool directory, and the spool, where they hold nothing (the end of a
+    worker or of ``hpo sync``)."""
+    directory = study_spool(study_name, root)
     with contextlib.suppress(OSError):
-        path.parent.rmdir()  # only when empty
+        directory.rmdir()  # only when empty
         with contextlib.suppress(OSError):
-            path.parent.parent.rmdir()
+            directory.parent.rmdir()
 
 
 def metric_rows(metrics: Sequence[Any]) -> list[list[Any]]:

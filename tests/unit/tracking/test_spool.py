@@ -119,8 +119,37 @@ def test_jobs_are_listed_oldest_first_and_removed_with_their_directories(tmp_pat
     os.utime(first / spool.JOB_FILE, (1, 1))
     assert spool.list_jobs("my study/1", tmp_path) == [first, second]
     spool.remove_job(first)
+    assert not first.exists()
+    # The study's directory stays while jobs may come (made once per study, not per job) ...
+    spool.remove_empty("my study/1", tmp_path)
+    assert spool.list_jobs("my study/1", tmp_path) == [second]
     spool.remove_job(second)
+    assert (tmp_path / "my_study_1").is_dir()
+    spool.remove_empty("my study/1", tmp_path)  # ... and goes once it is empty
     assert not (tmp_path / "my_study_1").exists()
+    assert not tmp_path.exists()  # the spool too: nothing else was in it
+
+
+def test_a_job_is_written_when_its_directory_was_removed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's remove_empty() can remove the study's (empty) directory between two
+    jobs, or between a worker's look and its write."""
+    import tempfile
+
+    spool.remove_job(spool.write_job(a_job("r1", with_artifacts=False), tmp_path))
+    real = tempfile.mkdtemp
+    calls = []
+
+    def removed_first(*args: object, **kwargs: object) -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            spool.remove_empty("my study/1", tmp_path)
+        return real(*args, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", removed_first)
+    path = spool.write_job(a_job("r2", with_artifacts=False), tmp_path)
+    assert spool.read_job(path).run_id == "r2" and len(calls) == 2
 
 
 def test_a_job_of_another_format_is_refused(tmp_path: Path) -> None:
@@ -142,6 +171,38 @@ def test_one_process_at_a_time_works_on_a_job(tmp_path: Path) -> None:
     spool.remove_job(path)
     with spool.locked(path) as gone:
         assert not gone
+    assert [p.name for p in path.parent.iterdir()] == []  # the lock left no file behind
+
+
+def test_the_lock_of_a_job_written_again_is_not_the_new_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that ended twice: its job is removed and written again under the same name. A
+    process that holds the first job's lock does not hold the new one's; one that opened the
+    first job's file just before it was replaced takes nothing."""
+    import fcntl
+
+    path = spool.write_job(a_job(with_artifacts=False), tmp_path)
+    with spool.locked(path) as first:
+        assert first
+        assert spool.write_job(a_job(with_artifacts=False), tmp_path) == path
+        with spool.locked(path) as second:
+            assert second
+
+    real = fcntl.flock
+    calls = []
+
+    def written_again_meanwhile(fd: int, operation: int) -> None:
+        calls.append(operation)
+        if len(calls) == 1:
+            spool.write_job(a_job(with_artifacts=False), tmp_path)
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", written_again_meanwhile)
+    with spool.locked(path) as stale:
+        assert not stale
+    with spool.locked(path) as fresh:
+        assert fresh
 
 
 def test_progress_is_kept_next_to_the_job(tmp_path: Path) -> None:
@@ -149,6 +210,29 @@ def test_progress_is_kept_next_to_the_job(tmp_path: Path) -> None:
     assert spool.read_progress(path) == {"done": []}
     spool.write_progress(path, {"done": ["metrics"], "started": ["metrics", "plots"]})
     assert spool.read_progress(path)["started"] == ["metrics", "plots"]
+    spool.write_progress(path, {"done": ["metrics", "plots"], "started": ["metrics", "plots"]})
+    assert spool.read_progress(path)["done"] == ["metrics", "plots"]
+    # One file appended to, nothing else made next to the job.
+    assert sorted(p.name for p in path.iterdir()) == ["job.json", "progress.log"]
+
+
+def test_progress_cut_short_by_a_crash_keeps_the_record_before(tmp_path: Path) -> None:
+    path = spool.write_job(a_job(with_artifacts=False), tmp_path)
+    spool.write_progress(path, {"done": ["metrics"]})
+    with open(path / spool.PROGRESS_LOG, "ab") as log:
+        log.write(b'{"done": ["metrics", "pl')  # the process died mid-write
+    assert spool.read_progress(path) == {"done": ["metrics"]}
+    spool.write_progress(path, {"done": ["metrics", "plots"]})  # the next attempt goes on
+    assert spool.read_progress(path) == {"done": ["metrics", "plots"]}
+
+
+def test_progress_of_a_job_from_an_older_version_is_read(tmp_path: Path) -> None:
+    """Jobs spooled before 2026-12-08 kept their progress in progress.json."""
+    path = spool.write_job(a_job(with_artifacts=False), tmp_path)
+    (path / spool.PROGRESS_FILE).write_text(json.dumps({"done": ["metrics", "plots"]}))
+    assert spool.read_progress(path) == {"done": ["metrics", "plots"]}
+    spool.write_progress(path, {"done": ["metrics", "plots", "model"]})  # newer records win
+    assert spool.read_progress(path) == {"done": ["metrics", "plots", "model"]}
 
 
 def test_the_spool_is_the_env_or_the_working_directory(
