@@ -159,7 +159,7 @@ def log_pytorch_model(
         }
         if linked_here:
             meta = dict(metadata) if metadata else None
-            if not _save_in_place(client, model_id, flavor, meta, save_args):
+            if not _save_in_place(client, model_id, flavor, meta, save_args, location):
                 _save_and_upload(client, model_id, flavor, meta, save_args, location)
             return f"models:/{model_id}"
         with global_tracking_uri(client.tracking_uri):
@@ -190,6 +190,7 @@ def _save_in_place(
     flavor: Any,
     metadata: dict[str, Any] | None,
     save_args: dict[str, Any],
+    location: str | None = None,
 ) -> bool:
     """What ``Model.log`` does for a LoggedModel that exists and is linked to its run already,
     on a SQLite or PostgreSQL store whose artifacts are local files: the model directory saved
@@ -199,7 +200,8 @@ def _save_in_place(
     ``Model.log`` reads the model back twice, saves into a temporary directory, copies that
     through an artifact repository it creates for the call, and finalizes through the ORM:
     12 of the 17 ms it took per reference model on 2 cores (``benchmarks/overhead.py``, the
-    sender's ``model`` step), 0.5-1.5 ms of it the save itself.
+    sender's ``model`` step), 0.5-1.5 ms of it the save itself. ``location``: the model's
+    artifact location as its creation answered (kept with the spooled job); None: one query.
     """
     import shutil
 
@@ -213,7 +215,8 @@ def _save_in_place(
     store = client._tracking_client.store
     if not sql_store.supports(store):
         return False
-    location = sql_store.logged_model_location(store, model_id)
+    if location is None:  # not kept with the job (older jobs, a model the sender created)
+        location = sql_store.logged_model_location(store, model_id)
     if location is None or not is_local_uri(location, is_tracking_or_registry_uri=False):
         return False
     target = Path(local_file_uri_to_path(location))

@@ -1079,17 +1079,18 @@ class TrialRun:
         with _tracking_errors(f"creating the model of run {source}", self.tracker.tracking_uri):
             store = self.tracker._store()
             if sql_store.supports(store):  # one transaction (hpo.tracking.sql_store)
-                return sql_store.create_logged_model(
+                logged = sql_store.new_logged_model(
                     store, self.tracker.experiment_id, "model", source, params, tags
                 )
-            logged = self.tracker.client.create_logged_model(
-                experiment_id=self.tracker.experiment_id,
-                name="model",
-                source_run_id=source,
-                params=dict(params),
-                tags=dict(tags),
-            )
-        # Kept with the job: the sender uploads the model there without asking for it again.
+            else:
+                logged = self.tracker.client.create_logged_model(
+                    experiment_id=self.tracker.experiment_id,
+                    name="model",
+                    source_run_id=source,
+                    params=dict(params),
+                    tags=dict(tags),
+                )
+        # Kept with the job: the sender saves or uploads the model there without asking for it.
         self.model_locations[str(logged.model_id)] = str(logged.artifact_location)
         return str(logged.model_id)
 

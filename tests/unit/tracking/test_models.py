@@ -182,7 +182,7 @@ def test_a_model_saved_in_place_or_uploaded_is_what_model_log_writes(
     store, without reading the model back) write what MLflow's ``Model.log`` writes."""
     from mlflow.entities import LoggedModelStatus
 
-    from hpo.tracking import models
+    from hpo.tracking import models, sql_store
 
     model = trained(small_model())
     X = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
@@ -192,6 +192,8 @@ def test_a_model_saved_in_place_or_uploaded_is_what_model_log_writes(
         run = tracker.start_trial(0, {"lr": 0.1})
         model_id = run.create_model({"lr": "0.1"}, {"hpo.trial": "0"})
         location = client.get_logged_model(model_id).artifact_location
+        # Kept from its creation (for the spooled job), on a SQL store as on a server.
+        assert run.model_locations == {model_id: location}
         original = models._save_in_place
         took: list[bool] = []
         reads: list[str] = []
@@ -203,6 +205,7 @@ def test_a_model_saved_in_place_or_uploaded_is_what_model_log_writes(
         monkeypatch.setattr(models, "_save_in_place", save_in_place)
         if how == "uploaded":
             monkeypatch.setattr(type(client), "get_logged_model", lambda _, m: reads.append(m))
+        monkeypatch.setattr(sql_store, "logged_model_location", lambda _, m: reads.append(m))
         uri = models.log_pytorch_model(
             client,
             model,
