@@ -249,3 +249,24 @@ def test_the_mlmodel_file_is_the_text_mlflow_writes(tmp_path: Path) -> None:
     model.save(str(tmp_path / "MLmodel.mlflow"))
     assert (tmp_path / "MLmodel").read_text() == (tmp_path / "MLmodel.mlflow").read_text()
     assert Model.load(str(tmp_path / "MLmodel")).metadata == model.metadata
+
+    # The next model of the study: its metadata entry comes from the cache, the rest is new.
+    model.run_id = "r2"
+    model.model_size_bytes = 123
+    save_mlmodel(model, tmp_path / "MLmodel")
+    model.save(str(tmp_path / "MLmodel.mlflow"))
+    assert (tmp_path / "MLmodel").read_text() == (tmp_path / "MLmodel.mlflow").read_text()
+
+    # Values whose JSON is another value's, and shared values (YAML anchors, numbered per
+    # document): written whole, as MLflow writes them.
+    shared = ["x", "y"]
+    for metadata in (
+        {"hpo": {1: "a key"}},
+        {"hpo": {"1": "a key"}},
+        {"a": shared, "b": shared},
+    ):
+        model.metadata = metadata
+        model.flavors = {"pytorch": {"shared": shared}} if "a" in metadata else model.flavors
+        save_mlmodel(model, tmp_path / "MLmodel")
+        model.save(str(tmp_path / "MLmodel.mlflow"))
+        assert (tmp_path / "MLmodel").read_text() == (tmp_path / "MLmodel.mlflow").read_text()
