@@ -202,9 +202,12 @@ def free_port() -> int:
 def mlflow_server(workdir: Path, timeout: float = 120) -> Iterator[str]:
     """A real ``mlflow server`` on loopback (hpo's options: :mod:`hpo.tracking.server`; SQLite in
     ``workdir``); yields its URL and stops its whole process group afterwards."""
+    from hpo.tracking.store_seed import seed
+
     port = free_port()
     env = server_env(quiet_env())
     log = (workdir / "server.log").open("w")
+    seed(workdir / "server.db")  # its tables from their template, as hpo's stores start
     cmd = [
         MLFLOW,
         "server",

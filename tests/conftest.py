@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# hpo's cache (the tracking store's tables: hpo.tracking.store_seed) in a directory of this test
+# process, not the user's: made once per process, used by the hpo commands the tests start too.
+_CACHE = tempfile.mkdtemp(prefix="hpo-test-cache-")
+os.environ["HPO_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 PG_ADMIN_DSN = os.environ.get("HPO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 

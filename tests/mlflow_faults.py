@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hpo.tracking.server import SERVER_OPTIONS, server_env, store_options
+from hpo.tracking.store_seed import seed
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
@@ -59,6 +60,9 @@ class MlflowServer:
         env.pop("MLFLOW_TRACKING_URI", None)
         log = (self.root / "server.log").open("ab")
         where = ["--host", "127.0.0.1", "--port", str(self.port), *SERVER_OPTIONS]
+        # The tables from their template, as hpo's own stores start (hpo.tracking.store_seed):
+        # the server's start does not run MLflow's migrations.
+        seed(self.root / "server.db")
         stores = [*store_options(f"sqlite:///{self.root / 'server.db'}")]
         stores += ["--artifacts-destination", str(self.root / "server-artifacts")]
         self._proc = subprocess.Popen(

@@ -25,7 +25,6 @@ epoch metrics (:data:`EPOCH_FLUSH_SECONDS`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import ssl
@@ -158,8 +157,10 @@ def _tune_sqlite(store: Any) -> None:
     tune_sqlite_engine(getattr(store, "engine", None))
 
 
-def _creating(uri: str) -> contextlib.AbstractContextManager[None]:
-    """Around opening a SQLite store: hold its ``<file>.lock``.
+@contextmanager
+def _creating(uri: str) -> Iterator[None]:
+    """Around opening a SQLite store: hold its ``<file>.lock``; a new one starts as a copy of
+    its tables' template (:mod:`hpo.tracking.store_seed`).
 
     Opening a new store creates its tables and runs MLflow's migrations; two processes doing so
     at once (two studies on a Postgres storage sharing one local ``mlflow.db``) fail with
@@ -167,9 +168,15 @@ def _creating(uri: str) -> contextlib.AbstractContextManager[None]:
     rounds of 3, and may leave the database half-migrated.
     """
     from hpo.storage import file_lock, sqlite_lock_file
+    from hpo.tracking.store_seed import seed
 
-    path = sqlite_lock_file(uri)
-    return contextlib.nullcontext() if path is None else file_lock(path)
+    lock = sqlite_lock_file(uri)
+    if lock is None:
+        yield
+        return
+    with file_lock(lock):
+        seed(lock.with_name(lock.name.removesuffix(".lock")))
+        yield
 
 
 def open_client(uri: str) -> MlflowClient:
