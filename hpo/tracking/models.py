@@ -27,7 +27,7 @@ import os
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model
     from mlflow.tracking import MlflowClient
 
 #: File names ``mlflow.pytorch`` writes in the model's ``data`` directory.
@@ -205,8 +207,6 @@ def _save_in_place(
     """
     import shutil
 
-    from mlflow.entities import LoggedModelStatus
-    from mlflow.models import Model
     from mlflow.utils.file_utils import local_file_uri_to_path
     from mlflow.utils.uri import is_local_uri
 
@@ -220,16 +220,15 @@ def _save_in_place(
     if location is None or not is_local_uri(location, is_tracking_or_registry_uri=False):
         return False
     target = Path(local_file_uri_to_path(location))
-    # The MLmodel file Model.log writes for this model: no run (it is linked already; the
-    # flavor names it), the model's id and location.
-    mlflow_model = Model(
-        artifact_path=location, model_uuid=model_id, metadata=metadata, model_id=model_id
-    )
     target.parent.mkdir(parents=True, exist_ok=True)
     # Saved under a name of its own next to the target (the flavor makes the directory), then
     # renamed: no temporary directory around it (a directory made and removed per model).
     saved = target.parent / f".saving-{uuid.uuid4().hex}"
-    try:
+
+    def finalize(status: LoggedModelStatus) -> None:
+        sql_store.finalize_logged_model(store, model_id, status)
+
+    with _finalized(model_id, location, metadata, finalize) as mlflow_model:
         try:
             flavor.save_model(path=str(saved), mlflow_model=mlflow_model, **save_args)
             if target.exists():  # an earlier attempt got this far: its files are replaced
@@ -238,11 +237,6 @@ def _save_in_place(
                 saved.rename(target)
         finally:
             shutil.rmtree(saved, ignore_errors=True)
-        sql_store.finalize_logged_model(store, model_id, LoggedModelStatus.READY)
-    except Exception:
-        with contextlib.suppress(Exception):
-            sql_store.finalize_logged_model(store, model_id, LoggedModelStatus.FAILED)
-        raise
     return True
 
 
@@ -263,28 +257,48 @@ def _save_and_upload(
     tracking server per model, where the location came with the model's creation (the
     sender's ``model`` step over HTTP took 58 ms per reference run with them).
     """
-    from mlflow.entities import LoggedModelStatus
-    from mlflow.models import Model
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
     if location is None:
         location = str(client.get_logged_model(model_id).artifact_location)
-    # The MLmodel file Model.log writes for this model (see _save_in_place).
-    mlflow_model = Model(
-        artifact_path=location, model_uuid=model_id, metadata=metadata, model_id=model_id
-    )
+
+    def finalize(status: LoggedModelStatus) -> None:
+        client.finalize_logged_model(model_id, status)
+
+    with (
+        _finalized(model_id, location, metadata, finalize) as mlflow_model,
+        tempfile.TemporaryDirectory(prefix="hpo-model-") as tmp,
+    ):
+        saved = Path(tmp) / "model"
+        flavor.save_model(path=str(saved), mlflow_model=mlflow_model, **save_args)
+        uri = add_databricks_profile_info_to_artifact_uri(location, client.tracking_uri)
+        repo = get_artifact_repository(uri, tracking_uri=client.tracking_uri)
+        repo.log_artifacts(str(saved))
+
+
+@contextlib.contextmanager
+def _finalized(
+    model_id: str,
+    location: str,
+    metadata: dict[str, Any] | None,
+    finalize: Callable[[LoggedModelStatus], None],
+) -> Iterator[Model]:
+    """Around saving a linked LoggedModel's files (:func:`_save_in_place`,
+    :func:`_save_and_upload`): yields the MLmodel that ``Model.log`` writes for it (no run: it
+    is linked already and the flavor names it; the model's id and location), then marks the
+    model READY, or FAILED if the block (or that) fails, as ``Model.log`` does."""
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.models import Model
+
     try:
-        with tempfile.TemporaryDirectory(prefix="hpo-model-") as tmp:
-            saved = Path(tmp) / "model"
-            flavor.save_model(path=str(saved), mlflow_model=mlflow_model, **save_args)
-            uri = add_databricks_profile_info_to_artifact_uri(location, client.tracking_uri)
-            repo = get_artifact_repository(uri, tracking_uri=client.tracking_uri)
-            repo.log_artifacts(str(saved))
-        client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+        yield Model(
+            artifact_path=location, model_uuid=model_id, metadata=metadata, model_id=model_id
+        )
+        finalize(LoggedModelStatus.READY)
     except Exception:
         with contextlib.suppress(Exception):
-            client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            finalize(LoggedModelStatus.FAILED)
         raise
 
 

@@ -941,8 +941,8 @@ class TrialRun:
         #: Where the run's artifacts go, when known without asking the store (the sender's
         #: side: from the job).
         self.artifact_uri: str | None = None
-        #: Where the files of the LoggedModels created here go, by model id, as the store's
-        #: answer said (not for SQL stores, whose creation is hpo's own write).
+        #: Where the files of the LoggedModels created here go, by model id, as their
+        #: creation answered.
         self.model_locations: dict[str, str] = {}
 
     @property

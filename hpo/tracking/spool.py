@@ -190,16 +190,12 @@ def write_job(job: Job, root: Path | None = None) -> Path:
 
 def _new_directory(directory: Path, prefix: str) -> Path:
     """A new temporary directory in ``directory`` (made if missing)."""
-    for attempt in range(3):
-        try:
-            return Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
-        except FileNotFoundError:
-            # Missing, or removed (empty) by remove_empty() in another process since the last
-            # look: made again.
-            if attempt == 2:
-                raise
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    raise AssertionError("unreachable")
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
+    except FileNotFoundError:
+        # Missing: not made yet, or removed (empty) by another process's remove_empty().
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=directory))
 
 
 def _fields(obj: Any, exclude: Sequence[str]) -> dict[str, Any]:

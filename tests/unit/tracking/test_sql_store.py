@@ -197,7 +197,9 @@ def test_a_logged_model_is_created_as_mlflow_creates_it(client: MlflowClient) ->
     theirs = client.create_logged_model(
         exp, name="model", source_run_id=run_id, params=params, tags=tags
     )
-    model_id = sql_store.create_logged_model(_store(client), exp, "model", run_id, params, tags)
+    model_id = sql_store.new_logged_model(
+        _store(client), exp, "model", run_id, params, tags
+    ).model_id
     ours = client.get_logged_model(model_id)
     theirs = client.get_logged_model(theirs.model_id)
 
@@ -231,7 +233,7 @@ def test_a_missing_or_deleted_experiment_is_refused_with_mlflows_message(
             sql_store.create_run(store, experiment, "x", {})
         assert str(ours.value) == str(theirs.value)
         with pytest.raises(MlflowException) as ours:
-            sql_store.create_logged_model(store, experiment, "model", None, {}, {})
+            sql_store.new_logged_model(store, experiment, "model", None, {}, {})
         assert str(ours.value) == str(theirs.value)
 
 
